@@ -1,0 +1,1 @@
+"""Agents: the policy plus its slow (weights) and fast (context) learners."""

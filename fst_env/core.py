@@ -1,0 +1,230 @@
+"""The text-environment core: one small base class every fst-env task derives from.
+
+Contract (see DESIGN.md):
+- observations and actions are ``str``; ``reset`` returns ``(prompt, info)``;
+- ``step`` returns ``(obs, reward, terminated, truncated, info)`` with ``info["feedback"]`` (a non-empty,
+  human-readable str) and ``info["verdict"]`` (one of :data:`VERDICTS`);
+- the same seed, or ``options={"problem_id": k}``, gives the same problem, and the same action on it the same
+  reward and feedback;
+- any ``str`` is a legal action: model output never raises, a non-``str`` action is a caller bug (TypeError).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+
+from fst_env.cards import EnvCard
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+#: Responses longer than this are not parsed: they get reward 0 and a format-error feedback.
+DEFAULT_MAX_RESPONSE_CHARS = 65_536
+
+
+class Verdict(str, enum.Enum):
+    """What happened to an action, as a machine-readable tag beside the free-text feedback."""
+
+    CORRECT = "correct"
+    INCORRECT = "incorrect"
+    FORMAT_ERROR = "format_error"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+VERDICTS: frozenset[str] = frozenset(v.value for v in Verdict)
+
+# Characters drawn by ``TextSpace.sample``; ``contains`` accepts any Unicode text.
+_SAMPLE_CHARSET = "".join(chr(c) for c in range(32, 127)) + "\n\tαβγδπΣ√≤≥×÷°€中文字ñéü"
+
+
+class TextSpace(spaces.Text):
+    """A Gymnasium ``Text`` space that admits any text a model can write.
+
+    ``spaces.Text`` only contains strings over a finite charset; model output can hold any Unicode
+    character (even lone surrogates), so ``contains`` here accepts every ``str`` up to ``max_length``.
+    ``sample`` draws short printable strings (at most ``sample_max_length`` characters) so that checkers
+    and smoke tests stay fast even when ``max_length`` is large.
+    """
+
+    def __init__(self, max_length: int = DEFAULT_MAX_RESPONSE_CHARS, *, min_length: int = 0,
+                 sample_max_length: int = 64, seed: int | np.random.Generator | None = None) -> None:
+        super().__init__(max_length, min_length=min_length, charset=_SAMPLE_CHARSET, seed=seed)
+        self.sample_max_length = max(min_length, min(sample_max_length, max_length))
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        if mask is not None or probability is not None:
+            return super().sample(mask=mask, probability=probability)
+        length = int(self.np_random.integers(self.min_length, self.sample_max_length + 1))
+        chars = self.np_random.choice(len(_SAMPLE_CHARSET), size=length)
+        return "".join(_SAMPLE_CHARSET[i] for i in chars)
+
+    def __repr__(self) -> str:
+        return f"TextSpace(min_length={self.min_length}, max_length={self.max_length})"
+
+    def __eq__(self, other: Any) -> bool:
+        return (isinstance(other, TextSpace) and self.min_length == other.min_length
+                and self.max_length == other.max_length)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.min_length, self.max_length))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task instance: the prompt shown to the model, the reference answer and anything the judge needs."""
+
+    prompt: str
+    answer: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The judge's answer to one action.
+
+    ``terminated=False`` (multi-turn tasks) continues the episode with ``next_observation``, which should
+    carry the feedback so the model can act on it.
+    """
+
+    reward: float
+    verdict: Verdict | str
+    feedback: str
+    terminated: bool = True
+    next_observation: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TextEnv(gym.Env[str, str]):
+    """Base class for a text task that returns a reward and textual feedback.
+
+    Subclasses set :attr:`card` and implement :meth:`num_problems`, :meth:`load_problem` and
+    :meth:`judge` (plus :meth:`continue_episode` for multi-turn tasks). The base class handles seeding,
+    problem selection (``problem_id``), splits, type checks, oversized responses and judge exceptions, so
+    every task gets the same guarantees.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 1}
+    card: ClassVar[EnvCard | None] = None
+
+    def __init__(self, split: str = "train", *, max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS,
+                 render_mode: str | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"{self._name()}: split must be one of {list(SPLITS)}, got {split!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"{self._name()}: render_mode must be one of "
+                             f"{self.metadata['render_modes']} or None, got {render_mode!r}")
+        if max_response_chars < 1:
+            raise ValueError(f"{self._name()}: max_response_chars must be >= 1, got {max_response_chars}")
+        self.split = split
+        self.render_mode = render_mode
+        self.max_response_chars = max_response_chars
+        self.observation_space = TextSpace(max_length=1 << 20)
+        # The action space admits anything; oversized actions are judged as format errors, not rejected.
+        self.action_space = TextSpace(max_length=1 << 24)
+        low, high = self.card.reward_range if self.card else (0.0, 1.0)
+        self.reward_range = (low, high)
+        self.problem: Problem | None = None
+        self.problem_id: int | None = None
+        self._needs_reset = True
+        self._turn = 0
+        self._last_text = ""
+
+    # ----------------------------------------------------------------- subclass hooks
+    def num_problems(self) -> int:
+        """How many problems the current split holds."""
+        raise NotImplementedError
+
+    def load_problem(self, problem_id: int) -> Problem:
+        """Problem ``problem_id`` of the current split (deterministic)."""
+        raise NotImplementedError
+
+    def judge(self, problem: Problem, response: str) -> Outcome:
+        """Score a response on a problem. May raise; the base class turns exceptions into ``error``."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        n = self.num_problems()
+        if n <= 0:
+            raise ValueError(f"{self._name()}: split {self.split!r} holds no problems")
+        if options.get("problem_id") is not None:
+            problem_id = options["problem_id"]
+            if isinstance(problem_id, (bool, np.bool_)) or not isinstance(problem_id, (int, np.integer)):
+                raise TypeError(f"{self._name()}: options['problem_id'] must be an int, "
+                                f"got {type(problem_id).__name__}")
+            if not 0 <= problem_id < n:
+                raise ValueError(f"{self._name()}: problem_id must be in [0, {n}) for split "
+                                 f"{self.split!r}, got {problem_id}")
+            problem_id = int(problem_id)
+        else:
+            problem_id = int(self.np_random.integers(n))
+        self.problem_id = problem_id
+        self.problem = self.load_problem(problem_id)
+        self._needs_reset = False
+        self._turn = 0
+        self._last_text = self.problem.prompt
+        return self.problem.prompt, self._base_info()
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        if not isinstance(action, str):
+            raise TypeError(f"{self._name()}.step expects a str action (the model's text), got "
+                            f"{type(action).__name__}: {action!r:.80}")
+        if self._needs_reset or self.problem is None:
+            raise ResetNeeded(f"{self._name()}: call reset() before step() "
+                              f"(the episode {'has ended' if self.problem is not None else 'has not started'})")
+        self._turn += 1
+        outcome = self._safe_judge(action)
+        verdict = outcome.verdict.value if isinstance(outcome.verdict, Verdict) else str(outcome.verdict)
+        if verdict not in VERDICTS:
+            verdict = Verdict.ERROR.value
+        feedback = outcome.feedback.strip() or f"{verdict}: no further detail."
+        low, high = self.reward_range
+        reward = float(np.clip(outcome.reward, low, high)) if np.isfinite(outcome.reward) else low
+        info = self._base_info()
+        info.update(outcome.info)
+        info.update(feedback=feedback, verdict=verdict, turn=self._turn)
+        if outcome.terminated:
+            self._needs_reset = True
+            observation = feedback
+        else:
+            observation = outcome.next_observation or feedback
+        self._last_text = observation
+        return observation, reward, bool(outcome.terminated), False, info
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return self._last_text
+        if self.render_mode == "human":
+            print(self._last_text)
+        return None
+
+    # ----------------------------------------------------------------- helpers
+    def _safe_judge(self, action: str) -> Outcome:
+        if len(action) > self.max_response_chars:
+            return Outcome(0.0, Verdict.FORMAT_ERROR,
+                           f"Format error: the response has {len(action):,} characters, over this task's "
+                           f"limit of {self.max_response_chars:,}. Answer concisely.")
+        try:
+            return self.judge(self.problem, action)
+        except Exception as exc:  # a judge bug must not crash a training run
+            return Outcome(0.0, Verdict.ERROR,
+                           f"Error: the task could not score this response ({type(exc).__name__}: {exc}).")
+
+    def _base_info(self) -> dict[str, Any]:
+        return {"problem_id": self.problem_id, "split": self.split}
+
+    def _name(self) -> str:
+        spec = getattr(self, "spec", None)
+        return spec.id if spec is not None else type(self).__name__

@@ -1,0 +1,1 @@
+"""Gymnasium wrappers for text envs, one per module."""
