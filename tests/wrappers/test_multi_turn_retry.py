@@ -195,3 +195,41 @@ def test_make_vec_groups_retry_independently() -> None:
         assert obs[0].startswith("Repeat the word ") and "judged" not in obs[0]
     finally:
         envs.close()
+
+
+MATH_ID = "fst/MathReasoning-v0"
+
+
+@pytest.mark.skipif(MATH_ID not in gym.registry, reason=f"{MATH_ID} is not registered")
+def test_full_stack_on_math_env_retries_to_the_oracle_answer() -> None:
+    from fst_env.wrappers import ContextInjection
+
+    env = TextEpisodeStatistics(MultiTurnRetry(ContextInjection(gym.make(MATH_ID), "Think step by step."),
+                                               max_attempts=3, reward_rule="discounted", gamma=0.5))
+    obs, _ = env.reset(seed=0)
+    assert obs.startswith("Think step by step.\n\n")
+    obs, reward, terminated, _, info = env.step(r"\boxed{-987654321}")
+    assert (reward, terminated, info["verdict"]) == (0.0, False, "incorrect")
+    expected = env.unwrapped.problem.answer
+    assert f"expected answer {expected}" in obs and obs.startswith("Think step by step.\n\n")
+    _, reward, terminated, _, info = env.step(rf"The answer is \boxed{{{expected}}}")
+    assert terminated and info["verdict"] == "correct" and reward == pytest.approx(0.5)
+    assert info["episode"]["r"] == pytest.approx(0.5)
+    assert info["episode"]["verdicts"]["incorrect"] == 1 and info["episode"]["verdicts"]["correct"] == 1
+
+
+@pytest.mark.skipif(MATH_ID not in gym.registry, reason=f"{MATH_ID} is not registered")
+def test_make_vec_math_group_with_wrappers() -> None:
+    envs = gym.make_vec(MATH_ID, num_envs=4, vectorization_mode="sync",
+                        wrappers=[lambda e: MultiTurnRetry(e, max_attempts=2), TextEpisodeStatistics])
+    try:
+        obs, infos = envs.reset(seed=3, options={"problem_id": 5})
+        assert len(set(obs)) == 1, "one problem id gives a GRPO group of identical prompts"
+        _, rewards, terminated, _, _ = envs.step(("no idea",) * 4)
+        assert not terminated.any() and not rewards.any()
+        expected = envs.get_attr("unwrapped")[0].problem.answer
+        _, rewards, terminated, _, infos = envs.step((rf"\boxed{{{expected}}}", "x", "y", "z"))
+        assert terminated.all() and rewards.tolist() == [1.0, 0.0, 0.0, 0.0]
+        assert infos["episode"]["l"].tolist() == [2, 2, 2, 2]
+    finally:
+        envs.close()
