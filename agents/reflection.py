@@ -1,0 +1,283 @@
+"""Reflection LMs for the fast learner: adapters that turn a model or an endpoint into ``Callable[[str], str]``.
+
+A reflection LM reads gepa's reflection prompt (the current instruction plus examples of inputs, outputs and
+feedback) and replies with a new instruction. Three sources are supported:
+
+- :func:`from_transformers`: a local ``transformers`` model (by default the policy's own base model: a peft
+  model reflects with its adapter disabled, so the fast learner does not lean on the weights being trained);
+- :func:`from_openai`: any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, OpenAI...),
+  over plain ``urllib`` with retries and clear errors;
+- any plain callable ``str -> str``, used as is (:func:`as_reflection_lm`).
+
+:func:`parse_reflection_output` extracts the new text from a reply (gepa's fenced-block extractor) and rejects
+the degenerate replies small models produce (empty, an echo of the parent or of the prompt, runaway repetition),
+so the caller keeps the parent instead of evaluating garbage. Torch is imported lazily (only when a local model
+generates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+#: What the fast learner calls: reflection prompt in, reply text out.
+ReflectionLM = Callable[[str], str]
+
+
+class ReflectionLMError(RuntimeError):
+    """A reflection call failed (after retries, or with an unusable reply)."""
+
+
+class ReflectionConfigError(ReflectionLMError):
+    """A reflection call can never succeed as configured (bad credentials, unknown model): do not retry it."""
+
+
+class ReflectionAuthError(ReflectionConfigError):
+    """The endpoint refused the credentials (HTTP 401 or 403)."""
+
+
+class ReflectionModelNotFoundError(ReflectionConfigError):
+    """The endpoint or the model does not exist (HTTP 404)."""
+
+
+# ---------------------------------------------------------------------------------------------- plain callables
+def as_reflection_lm(lm: Any) -> ReflectionLM:
+    """``lm`` itself when it is a callable ``str -> str``; a TypeError naming what was given otherwise."""
+    if callable(lm):
+        return lm
+    raise TypeError(f"reflection LM must be a callable str -> str (or built with from_transformers / from_openai), "
+                    f"got {type(lm).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+def from_transformers(model: Any, tokenizer: Any, max_new_tokens: int = 512, *, disable_adapter: bool = True,
+                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                      max_prompt_tokens: int | None = None) -> ReflectionLM:
+    """A reflection LM generating with a local ``transformers`` causal LM.
+
+    The prompt is sent as one user message through the tokenizer's chat template (raw text when the tokenizer
+    has none). With ``disable_adapter`` and a peft model, generation runs inside ``model.disable_adapter()``, so
+    the base model reflects. The model is put in eval mode for the call (no dropout) and its mode restored.
+    ``max_prompt_tokens`` keeps the last tokens of an over-long prompt (the instructions to answer are at the end).
+    Greedy by default, so the same prompt gives the same reply.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"from_transformers: max_new_tokens must be >= 1, got {max_new_tokens}")
+    is_peft = _is_peft_model(model)
+
+    def reflect(prompt: str) -> str:
+        import torch  # lazy: importing this module must stay cheap
+
+        if not isinstance(prompt, str):
+            raise TypeError(f"reflection LM (transformers): prompt must be str, got {type(prompt).__name__}")
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        else:
+            encoded = tokenizer(prompt, return_tensors="pt")
+        input_ids = encoded["input_ids"]
+        attention_mask = encoded.get("attention_mask")
+        if max_prompt_tokens is not None and input_ids.shape[1] > max_prompt_tokens:
+            input_ids = input_ids[:, -max_prompt_tokens:]
+            attention_mask = attention_mask[:, -max_prompt_tokens:] if attention_mask is not None else None
+        device = next(model.parameters()).device
+        kwargs: dict[str, Any] = {"input_ids": input_ids.to(device), "max_new_tokens": max_new_tokens,
+                                  "do_sample": do_sample}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(device)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        if getattr(tokenizer, "pad_token_id", None) is None and getattr(tokenizer, "eos_token_id", None) is not None:
+            kwargs["pad_token_id"] = tokenizer.eos_token_id
+        was_training = bool(getattr(model, "training", False))
+        adapter_off = model.disable_adapter() if (is_peft and disable_adapter) else contextlib.nullcontext()
+        try:
+            model.eval()
+            with adapter_off, torch.no_grad():
+                output = model.generate(**kwargs)
+        finally:
+            if was_training:
+                model.train()
+        return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+
+    return reflect
+
+
+def _is_peft_model(model: Any) -> bool:
+    """True for a ``peft.PeftModel`` (checked without importing peft when it is not loaded)."""
+    import sys
+
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI-compatible
+_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+def from_openai(base_url: str, model: str, api_key: str | None = None, *, timeout: float = 120.0,
+                max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                temperature: float | None = None, max_tokens: int | None = None,
+                extra_body: dict[str, Any] | None = None,
+                sleep: Callable[[float], None] = time.sleep) -> ReflectionLM:
+    """A reflection LM calling ``POST {base_url}/chat/completions`` on an OpenAI-compatible server.
+
+    ``base_url`` is the API root (e.g. ``http://localhost:8000/v1``). ``api_key`` defaults to the
+    ``OPENAI_API_KEY`` environment variable and may be absent (local servers). Connection errors, timeouts,
+    429 and 5xx are retried ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped,
+    or the server's ``Retry-After``); 401/403 raise :class:`ReflectionAuthError` and 404
+    :class:`ReflectionModelNotFoundError` at once, naming the URL and the model; other failures raise
+    :class:`ReflectionLMError`.
+    """
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"from_openai: base_url must be an http(s) URL such as http://localhost:8000/v1, "
+                         f"got {base_url!r}")
+    if max_retries < 0:
+        raise ValueError(f"from_openai: max_retries must be >= 0, got {max_retries}")
+    url = base_url.rstrip("/") + "/chat/completions"
+    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+
+    def reflect(prompt: str) -> str:
+        if not isinstance(prompt, str):
+            raise TypeError(f"reflection LM (openai): prompt must be str, got {type(prompt).__name__}")
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        body.update(extra_body or {})
+        data = json.dumps(body).encode("utf-8")
+        last_problem = ""
+        for attempt in range(max_retries + 1):
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            retry_after: float | None = None
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return _chat_content(response.read(), url, model)
+            except urllib.error.HTTPError as err:
+                detail = _error_detail(err)
+                if err.code in (401, 403):
+                    raise ReflectionAuthError(f"reflection endpoint {url} refused the credentials for model "
+                                              f"{model!r} (HTTP {err.code}): {detail}. Check api_key "
+                                              f"(or OPENAI_API_KEY).") from None
+                if err.code == 404:
+                    raise ReflectionModelNotFoundError(f"reflection endpoint {url} answered 404 for model {model!r}:"
+                                                       f" {detail}. Check base_url (it should end in /v1) and "
+                                                       f"the model name the server serves.") from None
+                if err.code not in _RETRY_STATUS:
+                    raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) answered HTTP {err.code}:"
+                                            f" {detail}") from None
+                last_problem = f"HTTP {err.code}: {detail}"
+                retry_after = _retry_after(err)
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+                # URLError wraps refused connections and DNS failures; TimeoutError covers read timeouts.
+                last_problem = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+            if attempt < max_retries:
+                delay = retry_after if retry_after is not None else backoff_s * (2 ** attempt)
+                sleep(min(delay, max_backoff_s))
+        raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) failed after {max_retries + 1} "
+                                f"attempts; last error: {last_problem}")
+
+    return reflect
+
+
+def _chat_content(raw: bytes, url: str, model: str) -> str:
+    """The assistant text of a chat-completions response body."""
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+        content = payload["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        snippet = raw[:300].decode("utf-8", errors="replace")
+        raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) sent a reply without "
+                                f"choices[0].message.content ({type(err).__name__}): {snippet!r}") from None
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) sent non-text content: {content!r:.300}")
+    return content
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    """The server's error message (OpenAI-style ``{"error": {"message": ...}}`` or the raw body), shortened."""
+    try:
+        raw = err.read()
+    except OSError:
+        raw = b""
+    text = raw.decode("utf-8", errors="replace").strip()
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        payload = json.loads(text)
+        message = payload.get("error", payload)
+        text = message.get("message", text) if isinstance(message, dict) else str(message)
+    return (text or err.reason or "no details")[:300]
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float | None:
+    """The ``Retry-After`` header in seconds, when the server sent a numeric one."""
+    value = err.headers.get("Retry-After") if err.headers else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- reply parsing
+# Phrases that show the model echoed gepa's reflection prompt instead of answering it.
+_PROMPT_ECHO = ("<curr_param>", "<side_info>", "I provided an assistant with the following instructions",
+                "Provide the new instructions within")
+# A short first line like "Here is the new instruction:" that small models put before an unfenced answer.
+_LEAD_IN = re.compile(r"^\s*(?:sure[,!.]?\s*)?(?:here(?:'s| is)|new instructions?|updated instructions?|"
+                      r"instructions?)\b[^\n]{0,80}:\s*\n", re.IGNORECASE)
+
+
+def parse_reflection_output(reply: str, parent_text: str = "", *, min_chars: int = 8,
+                            max_chars: int = 20_000) -> tuple[str | None, str]:
+    """The new component text in a reflection ``reply``, or ``None`` plus the reason to keep the parent.
+
+    Extraction is gepa's (``InstructionProposalSignature.output_extractor``: the text between the first and
+    last fence, language tag dropped, unclosed fences handled, the whole reply when there is no fence), then
+    a short lead-in line such as "Here is the new instruction:" is dropped. Rejected: non-str or empty replies,
+    fewer than ``min_chars`` or more than ``max_chars`` characters, the parent unchanged, an echo of the
+    reflection prompt, and runaway repetition (text that compresses more than tenfold).
+    """
+    if not isinstance(reply, str):
+        return None, f"reply is not text ({type(reply).__name__})"
+    text = InstructionProposalSignature.output_extractor(reply.strip())["new_instruction"]
+    if "```" not in reply:
+        text = _LEAD_IN.sub("", text, count=1).strip()
+    text = text.strip()
+    if not text:
+        return None, "empty reply"
+    if len(text) < min_chars:
+        return None, f"reply too short ({len(text)} chars < {min_chars})"
+    if len(text) > max_chars:
+        return None, f"reply too long ({len(text)} chars > {max_chars})"
+    if text == parent_text.strip():
+        return None, "reply repeats the current text unchanged"
+    if any(marker in text for marker in _PROMPT_ECHO):
+        return None, "reply echoes the reflection prompt"
+    if _is_repetitive(text):
+        return None, "reply is degenerate (runaway repetition)"
+    return text, "ok"
+
+
+def _is_repetitive(text: str) -> bool:
+    """True for runaway repetition: long text that zlib compresses more than tenfold, or one line repeated."""
+    encoded = text.encode("utf-8", errors="replace")
+    if len(encoded) >= 200 and len(zlib.compress(encoded)) * 10 < len(encoded):
+        return True
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return len(lines) >= 6 and len(set(lines)) * 3 <= len(lines)
