@@ -7,6 +7,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from fst_env.agents.population import ContextPopulation
 
 # A hand-made score matrix (candidate -> problem -> score).
