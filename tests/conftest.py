@@ -1,0 +1,18 @@
+"""Shared fixtures: the registry of fst/ ids, so per-id tests cover new envs automatically."""
+
+import os
+
+import pytest
+
+import fst_env
+
+FST_IDS = fst_env.registered_ids("fst")
+
+# Unit tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(params=FST_IDS)
+def fst_id(request):
+    return request.param

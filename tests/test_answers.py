@@ -1,0 +1,98 @@
+"""Answer extraction and verification on tricky model outputs."""
+
+import threading
+
+import pytest
+
+from fst_env.answers import answers_match, clean_answer, extract_answer, to_fraction
+
+# (response, expected extracted text, extraction method)
+EXTRACTION_CASES = [
+    ("The answer is \\boxed{42}.", "42", "boxed"),
+    ("\\boxed{1} first try, then \\boxed{2}", "2", "boxed"),
+    ("so \\boxed{\\frac{3}{4}}", "\\frac{3}{4}", "boxed"),
+    ("nested \\boxed{\\dfrac{1}{\\sqrt{2}}} ok", "\\dfrac{1}{\\sqrt{2}}", "boxed"),
+    ("\\fbox{7}", "7", "boxed"),
+    ("unclosed \\boxed{12 and then Answer: 13", "13", "answer_line"),
+    ("empty \\boxed{} but Answer: 5", "5", "answer_line"),
+    ("Answer: 1,234", "1,234", "answer_line"),
+    ("answer: -17.", "-17", "answer_line"),
+    ("The final answer is $\\frac{5}{6}$.", "\\frac{5}{6}", "answer_line"),
+    ("**Answer:** 99", "99", "answer_line"),
+    ("Answer: x = 4", "4", "answer_line"),
+    ("Answer: 3\n\nAnswer: 8", "8", "answer_line"),
+    ("I computed 3 + 4 and got 7", "7", "last_number"),
+    ("Result is 1,000,000!", "1,000,000", "last_number"),
+    ("it is −5", "−5", "last_number"),
+    ("about 0.25 or so", "0.25", "last_number"),
+    ("roughly 3/8", "3/8", "last_number"),
+    ("growth of 12%", "12%", "last_number"),
+    ("no numbers here", None, "none"),
+    ("", None, "none"),
+    ("x2 and y3", None, "none"),
+]
+
+
+@pytest.mark.parametrize(("response", "text", "method"), EXTRACTION_CASES)
+def test_extract_answer(response, text, method):
+    found = extract_answer(response)
+    assert (found.text, found.method) == (text, method)
+
+
+# (given answer, expected answer, match?)
+MATCH_CASES = [
+    ("42", "42", True),
+    ("42.0", "42", True),
+    ("42.000", "42", True),
+    ("1,234", "1234", True),
+    ("1,23,4", "1234", False),
+    ("-4", "-4", True),
+    ("−4", "-4", True),
+    ("+4", "4", True),
+    ("3/4", "0.75", True),
+    ("\\frac{3}{4}", "3/4", True),
+    ("\\dfrac{6}{8}", "3/4", True),
+    ("75%", "0.75", True),
+    ("0.3333", "1/3", False),
+    ("5", "-5", False),
+    ("$7$", "7", True),
+    ("\\text{7}", "7", True),
+    ("7 apples", "7", True),  # units are tolerated, as math-verify does
+    ("7 apples", "8", False),
+    ("\\sqrt{4}", "2", True),
+    ("2^{10}", "1024", True),
+    ("\\pi", "3.14", False),
+    ("1/0", "1", False),
+    ("x", "5", False),
+    ("12", "$12$", True),
+]
+
+
+@pytest.mark.parametrize(("answer", "expected", "match"), MATCH_CASES)
+def test_answers_match(answer, expected, match):
+    assert answers_match(clean_answer(answer), expected) is match
+
+
+def test_to_fraction_rejects_non_numbers():
+    for text in ["", "abc", "1,2", "1.2.3", "--3", "3/", "/3", "\\frac{1}{0}"]:
+        assert to_fraction(text) is None, text
+
+
+def test_verification_off_the_main_thread():
+    """math-verify's SIGALRM timeout fails in threads; our wrapper must still judge there without raising."""
+    results = {}
+
+    def work():
+        results["sqrt"] = answers_match("\\sqrt{4}", "2")
+        results["huge_power"] = answers_match("9^{9^{9^{9}}}", "2")
+        results["plain"] = answers_match("3/4", "0.75")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert results == {"sqrt": True, "huge_power": False, "plain": True}
+
+
+def test_oversized_symbolic_answer_is_refused_quickly():
+    assert answers_match("1+" * 500 + "1", "501") is False
