@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -461,3 +463,18 @@ def test_make_vec_over_a_seat_id(env_id):
             feedback += list(infos["feedback"][infos["_feedback"]])
     assert feedback and all(isinstance(f, str) and f.strip() for f in feedback)
     envs.close()
+
+
+# ----------------------------------------------------------------------------------------------- example
+def test_self_play_example_runs_both_games(capsys):
+    path = Path(__file__).resolve().parents[2] / "examples" / "self_play.py"
+    spec = importlib.util.spec_from_file_location("self_play_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    means = example.main(["--game", "word_guess", "--games", "2"])
+    assert means == {"describer": 1.0, "guesser": 1.0}
+    means = example.main(["--game", "bargain", "--games", "2", "--verbose",
+                          "--policy", "fst_env.envs.text_games:scripted_player"])
+    assert set(means) == {"player_0", "player_1"} and all(0.0 <= m <= 1.0 for m in means.values())
+    out = capsys.readouterr().out
+    assert "mean return per seat" in out and "player_0 -> 'propose" in out
