@@ -135,6 +135,13 @@ class TextAECEnv(AECEnv[str, str, str]):
         invalid moves): the base class calls this for oversized moves and when :meth:`play` raises."""
         raise NotImplementedError
 
+    def oracle_move(self, agent: str) -> str | None:
+        """A move for ``agent`` now that earns it the game's full reward, where the game knows one (None if not).
+
+        Used by tests and benchmarks (like ``TextEnv.oracle_response``); never shown to the agents.
+        """
+        return None
+
     def transcript(self) -> str:
         """The public record of the game so far (what ``render`` shows)."""
         return f"{type(self).__name__}: problem {self.problem_id}, {self.moves} moves"

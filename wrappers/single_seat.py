@@ -106,6 +106,16 @@ class SingleSeat(gym.Env[str, str]):
         self._last_text = observation
         return observation, reward, terminated, truncated, info
 
+    def oracle_response(self) -> str | None:
+        """The game's full-reward move for ``seat`` now, where the game knows one (None if not, or between episodes).
+
+        Mirrors ``TextEnv.oracle_response`` so registry-wide tests and benchmarks treat seat envs alike.
+        """
+        oracle = getattr(self.game, "oracle_move", None)
+        if self._needs_reset or self._ended_before_turn or oracle is None:
+            return None
+        return oracle(self.seat)
+
     def render(self) -> str | None:
         if self.render_mode == "ansi":
             return self._last_text

@@ -478,3 +478,20 @@ def test_self_play_example_runs_both_games(capsys):
     assert set(means) == {"player_0", "player_1"} and all(0.0 <= m <= 1.0 for m in means.values())
     out = capsys.readouterr().out
     assert "mean return per seat" in out and "player_0 -> 'propose" in out
+
+
+@pytest.mark.parametrize("env_id", ["fst/WordGuess-v0", "fst/WordDescribe-v0"])
+def test_oracle_move_wins_in_one_step(env_id):
+    env = gym.make(env_id, show_candidates=False)
+    for seed in range(15):
+        env.reset(seed=seed)
+        oracle = env.unwrapped.oracle_response()
+        _, reward, terminated, _, info = env.step(oracle)
+        assert (reward, terminated, info["verdict"]) == (1.0, True, "correct"), info["feedback"]
+        assert env.unwrapped.oracle_response() is None  # nothing to play between episodes
+
+
+def test_bargain_knows_no_oracle():
+    env = gym.make("fst/Bargain-v0")
+    env.reset(seed=0)
+    assert env.unwrapped.oracle_response() is None

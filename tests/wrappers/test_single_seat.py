@@ -250,3 +250,11 @@ def test_render_ansi_shows_the_seats_view():
     obs, _ = env.reset(seed=0)
     assert env.render() == obs
     env.close()
+
+
+def test_oracle_response_is_none_when_the_game_knows_none():
+    env = SingleSeat(GiftGame(), "taker", {"giver": lambda obs: "gift"})
+    assert env.oracle_response() is None  # before reset
+    env.reset(seed=0)
+    assert env.oracle_response() is None  # TextAECEnv.oracle_move's default
+    assert SingleSeat(PlainAEC(), "a_1", {"a_0": lambda obs: "x"}).oracle_response() is None
