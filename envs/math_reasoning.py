@@ -155,6 +155,14 @@ class MathReasoningEnv(TextEnv):
     def load_problem(self, problem_id: int) -> Problem:
         return self._problems[problem_id]
 
+    def oracle_response(self) -> str | None:
+        if self.problem is None:
+            return None
+        if self.problem.metadata["family"] == "fraction_simplification":
+            meta = self.problem.metadata["rg_metadata"]
+            return f"\\boxed{{{meta['simplified_numerator']}/{meta['simplified_denominator']}}}"
+        return f"\\boxed{{{self.problem.answer.strip('$')}}}"
+
     def judge(self, problem: Problem, response: str) -> Outcome:
         expected = problem.answer
         if not response.strip():

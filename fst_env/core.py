@@ -152,6 +152,13 @@ class TextEnv(gym.Env[str, str]):
         """Score a response on a problem. May raise; the base class turns exceptions into ``error``."""
         raise NotImplementedError
 
+    def oracle_response(self) -> str | None:
+        """A response that earns full reward on the current problem, where the task knows one (None if not).
+
+        Used by tests and benchmarks across the registry; never shown to the agent.
+        """
+        return None
+
     # ----------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)

@@ -106,3 +106,14 @@ def test_make_without_prior_import_and_make_vec():
         "assert 'torch' not in sys.modules, 'making envs must not import torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "tests", timeout=300)
+
+
+def test_oracle_response_scores_full_reward_where_known(fst_id):
+    env = gym.make(fst_id)
+    _, high = gym.spec(fst_id).card.reward_range
+    env.reset(seed=5)
+    oracle = env.unwrapped.oracle_response()
+    if oracle is None:
+        pytest.skip(f"{fst_id} knows no oracle response")
+    _, reward, _, _, info = env.step(oracle)
+    assert reward == high and info["verdict"] == "correct", info["feedback"]
