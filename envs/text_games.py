@@ -95,14 +95,16 @@ def leaked_piece(clue: str, secret: str, min_len: int) -> str | None:
         for piece in pieces:
             if piece in chunk:
                 return f"{piece!r} (in {chunk!r})" if piece != chunk else repr(piece)
-    spelled = ""
-    for chunk in [*chunks, ""]:
+    spelled, runs = "", []
+    for chunk in chunks:
         if len(chunk) == 1:
             spelled += chunk
-            continue
-        if word in spelled:
-            return f"{word!r} spelled out letter by letter"
-        spelled = ""
+        elif chunk:  # a longer word ends a run of single letters; punctuation alone ("-") does not
+            runs.append(spelled)
+            spelled = ""
+    runs.append(spelled)
+    if any(word in run for run in runs):
+        return f"{word!r} spelled out letter by letter"
     return None
 
 

@@ -178,6 +178,8 @@ def test_render_modes():
     ("Bánánas are great", "banana", True),           # accents and case are ignored
     ("It rhymes with nana", "banana", True),          # a 4-letter run of the word
     ("b a n a n a", "banana", True),                  # spelled out
+    ("B - A - N - A - N - A!", "banana", True),
+    ("a b c and a n a", "banana", False),
     ("ban-ana", "banana", True),                      # punctuation inside a word
     ("ban\u200bana", "banana", True),                 # zero-width space inside a word
     ("It has letters", "otter", True),                # 'tter' hides inside 'letters'
