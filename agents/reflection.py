@@ -251,7 +251,8 @@ def parse_reflection_output(reply: str, parent_text: str = "", *, min_chars: int
     last fence, language tag dropped, unclosed fences handled, the whole reply when there is no fence), then
     a short lead-in line such as "Here is the new instruction:" is dropped. Rejected: non-str or empty replies,
     fewer than ``min_chars`` or more than ``max_chars`` characters, the parent unchanged, an echo of the
-    reflection prompt, and runaway repetition (text that compresses more than tenfold).
+    reflection prompt, and runaway repetition (a sentence repeated three times, or text that compresses more than
+    fivefold).
     """
     if not isinstance(reply, str):
         return None, f"reply is not text ({type(reply).__name__})"
@@ -275,9 +276,15 @@ def parse_reflection_output(reply: str, parent_text: str = "", *, min_chars: int
 
 
 def _is_repetitive(text: str) -> bool:
-    """True for runaway repetition: long text that zlib compresses more than tenfold, or one line repeated."""
+    """True for runaway repetition, the usual failure of small reflection models: a line or sentence (of some
+    length) repeated three times or more, or long text that zlib compresses more than fivefold (prose and
+    instructions compress about threefold)."""
     encoded = text.encode("utf-8", errors="replace")
-    if len(encoded) >= 200 and len(zlib.compress(encoded)) * 10 < len(encoded):
+    if len(encoded) >= 300 and len(zlib.compress(encoded)) * 5 < len(encoded):
         return True
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return len(lines) >= 6 and len(set(lines)) * 3 <= len(lines)
+    pieces = [p.strip().lower() for p in re.split(r"\n+|(?<=[.!?])\s+", text)]
+    counts: dict[str, int] = {}
+    for piece in pieces:
+        if len(piece) >= 12:
+            counts[piece] = counts.get(piece, 0) + 1
+    return any(n >= 3 for n in counts.values())

@@ -35,6 +35,26 @@ def test_parser_extracts_the_new_text(reply: str, expected: str) -> None:
     assert parse_reflection_output(reply, "Solve it.") == (expected, "ok")
 
 
+def test_parser_keeps_a_long_structured_instruction() -> None:
+    text = "\n".join([
+        "You solve arithmetic word problems.",
+        "- Read the problem twice and list the quantities it gives, with their units.",
+        "- Decide which operation links them; write the equation before computing anything.",
+        "- Compute step by step and check each intermediate result by estimation.",
+        "- Convert the result to the unit the question asks for.",
+        "- Put only the final number inside <answer></answer> tags, with no units or words.",
+        "- If a quantity is missing, state the assumption you make in one short sentence.",
+    ])
+    assert parse_reflection_output(f"```\n{text}\n```", "Solve it.") == (text, "ok")
+
+
+# A real reply of SmolLM2-135M-Instruct to gepa's reflection prompt (greedy): a chat-bot loop, not an instruction.
+SMOLLM_LOOP = ("I'm ready to assist you with your math problem.\n\nPlease provide the math problem you'd like to "
+               "solve, and I'll provide a detailed and accurate solution.\n\n"
+               + "Please provide the task you'd like to solve with the assistant, and I'll provide a detailed and "
+                 "accurate solution.\n\n" * 5)
+
+
 @pytest.mark.parametrize(("reply", "reason"), [
     ("", "empty"),
     ("```\n```", "empty"),
@@ -42,6 +62,7 @@ def test_parser_extracts_the_new_text(reply: str, expected: str) -> None:
     ("```\nSolve it.\n```", "unchanged"),
     ("I provided an assistant with the following instructions to perform a task", "echoes"),
     ("Be careful. " * 100, "degenerate"),
+    (SMOLLM_LOOP, "degenerate"),
     ("\n".join(["Check the answer."] * 8 + ["Done now."]), "degenerate"),
     ("x" * 30_000 + " tail", "too long"),
     (None, "not text"),
