@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import gymnasium as gym
+
 from fst_env.envs import reasoning_gym as rg_env  # importing fst_env registers the fst/ ids
 
 #: Tasks whose datasets do real work when built (word lists, precomputed pools, ARC data) plus two cheap ones.

@@ -348,6 +348,9 @@ class FactVerificationEnv(TextEnv):
     def load_problem(self, problem_id: int) -> Problem:
         return self._problems[problem_id]
 
+    def oracle_response(self) -> str | None:
+        return None if self.problem is None else self.problem.answer
+
     def judge(self, problem: Problem, response: str) -> Outcome:
         meta, config = problem.metadata, self.config
         fmt = "End with two lines: 'Verdict: SUPPORTED' or 'Verdict: REFUTED', then 'Evidence: [ids]'."

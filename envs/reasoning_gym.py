@@ -123,6 +123,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
 
+#: What ``gym.make("fst/ReasoningGym-v0")`` builds when no ``task`` is given.
+DEFAULT_TASK = "knights_knaves"
+
 #: The curated ids: env id -> (rg task, area, one-line summary).
 CURATED: dict[str, tuple[str, str, str]] = {
     "fst/KnightsKnaves-v0": ("knights_knaves", "logic",
@@ -315,7 +318,7 @@ class ReasoningGymEnv(TextEnv):
     card = EnvCard(
         summary="Any reasoning-gym task (task=name, plus its config fields), scored by the task's own scorer.",
         feedback_kinds=("correct", "incorrect", "format_error"),
-        difficulty_knobs={"task": "any reasoning_gym.factory.DATASETS name",
+        difficulty_knobs={"task": f"any reasoning_gym.factory.DATASETS name (default {DEFAULT_TASK})",
                           "**task_config": "that task's config fields",
                           "difficulty": "easy / medium / hard preset (curated tasks only)"},
         splits=dict(SPLIT_SIZES),
@@ -343,6 +346,17 @@ class ReasoningGymEnv(TextEnv):
 
     def load_problem(self, problem_id: int) -> Problem:
         return self._split[problem_id]
+
+    def oracle_response(self) -> str | None:
+        """The stored answer in tags, if the task's own scorer gives it 1 (some tasks store no usable answer)."""
+        if self.problem is None or self.problem.answer is None:
+            return None
+        response = f"<answer>{self.problem.answer}</answer>"
+        try:
+            score = float(self.dataset.score_answer(str(self.problem.answer), self.problem.metadata["entry"]))
+        except Exception:  # a scorer that cannot read its own answer knows no oracle
+            return None
+        return response if score >= 1.0 else None
 
     def judge(self, problem: Problem, response: str) -> Outcome:
         entry = problem.metadata["entry"]
@@ -404,6 +418,8 @@ def _curated_card(task: str, area: str, summary: str) -> EnvCard:
     )
 
 
-register_env("fst/ReasoningGym-v0", ReasoningGymEnv, ReasoningGymEnv.card)
+# The registered default task keeps `gym.make("fst/ReasoningGym-v0")` working for registry-wide tooling;
+# constructing the class directly still requires a task.
+register_env("fst/ReasoningGym-v0", ReasoningGymEnv, ReasoningGymEnv.card, kwargs={"task": DEFAULT_TASK})
 for _env_id, (_task, _area, _summary) in CURATED.items():
     register_env(_env_id, ReasoningGymEnv, _curated_card(_task, _area, _summary), kwargs={"task": _task})

@@ -155,6 +155,9 @@ class StarGraphEnv(TextEnv):
     def load_problem(self, problem_id: int) -> Problem:
         return self._problems[problem_id]
 
+    def oracle_response(self) -> str | None:
+        return None if self.problem is None else f"Path: {self.problem.answer}"
+
     def judge(self, problem: Problem, response: str) -> Outcome:
         meta = problem.metadata
         centre, target, solution = meta["centre"], meta["target"], meta["path"]

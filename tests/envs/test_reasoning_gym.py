@@ -5,10 +5,10 @@ from __future__ import annotations
 import gymnasium as gym
 import pytest
 import reasoning_gym
-from fst_env.envs import reasoning_gym as rg_env
 from gymnasium.utils.env_checker import check_env
 
 import fst_env
+from fst_env.envs import reasoning_gym as rg_env
 
 CURATED_IDS = sorted(rg_env.CURATED)
 
@@ -27,9 +27,12 @@ def test_unknown_task_lists_close_matches():
         make(task="knight_knaves")
 
 
-def test_missing_task_lists_tasks():
+def test_missing_task_lists_tasks_and_the_registered_default():
     with pytest.raises(ValueError, match=r"needs task=.*knights_knaves"):
-        make()
+        rg_env.ReasoningGymEnv()
+    with pytest.raises(ValueError, match=r"needs task="):
+        make(task=None)
+    assert make().task == rg_env.DEFAULT_TASK
 
 
 def test_unknown_config_field_names_the_fields():
@@ -147,6 +150,20 @@ def test_wrong_answer_scores_zero_with_specific_feedback(env_id):
     assert "'qqq wrong qqq'" in info["feedback"]
     assert repr(env.problem.answer)[:40].strip("'") in info["feedback"]
     assert "<answer>" in info["feedback"]
+
+
+@pytest.mark.parametrize("env_id", CURATED_IDS)
+def test_oracle_response_scores_one(env_id):
+    env = make(env_id)
+    env.reset(seed=9)
+    _, reward, _, _, info = env.step(env.oracle_response())
+    assert (reward, info["verdict"]) == (1.0, "correct")
+
+
+def test_no_oracle_where_the_task_stores_no_usable_answer():
+    env = make(task="graph_color")  # any valid colouring scores 1; the entry stores no answer
+    env.reset(seed=0)
+    assert env.problem.answer is None and env.oracle_response() is None
 
 
 def test_partial_credit_is_incorrect_with_the_score():

@@ -184,6 +184,13 @@ def test_non_str_action_is_a_type_error():
         env.step([1, 2])
 
 
+def test_oracle_response_scores_one():
+    env = make()
+    for seed in range(5):
+        env.reset(seed=seed)
+        assert env.step(env.oracle_response())[1] == 1.0
+
+
 def test_check_env_and_card():
     check_env(make())
     card = fst_env.card("fst/StarGraph-v0")
