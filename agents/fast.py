@@ -20,6 +20,17 @@ its ``StrictImprovementAcceptance``.
 Two learners share the loop and differ only in the proposer: :class:`ReflectiveFastLearner` asks a reflection
 LM to rewrite the instructions; :class:`NotesFastLearner` is LLM-free and curates short notes from recurring env
 feedback, so fast weights still help where the reflection model is weak.
+
+Use from an agent (every T slow steps)::
+
+    population = ContextPopulation({"instructions": "Solve the problem."}, max_size=4)
+    learner = ReflectiveFastLearner(from_transformers(model, tokenizer), budget_metric_calls=96, seed=0)
+
+    def evaluate(context, keys):            # current policy, this context, these problems -> scored Rollouts
+        ...
+
+    metrics = learner.round(population, evaluate, recent_rollouts, problem_keys)
+    ids = population.assign_group(group_size, rng)   # contexts for the G rollouts of one RL problem
 """
 
 from __future__ import annotations
@@ -68,9 +79,11 @@ class Proposer(Protocol):
     """Proposes new component texts from a parent context and reflective records (gepa's ``ProposalFn`` shape).
 
     ``__call__(parent, reflective_dataset, components_to_update)`` returns ``{component: new text}`` for the
-    components it changes; an empty dict means "no proposal" (the parent is kept and no budget is spent on a
-    child). A proposer may also implement gepa's ``ReflectionLM.reflect`` to return prompts, raw outputs and
-    metadata for the logs; the learner then uses that.
+    components it changes (returning the whole new context is fine: unchanged components and components not in
+    ``components_to_update`` are ignored); an empty dict means "no proposal" (the parent is kept and no budget is
+    spent on a child). ``reflective_dataset[component]`` is a list of records ``{"Inputs", "Generated Outputs",
+    "Feedback"}`` (see :func:`format_feedback`). A proposer may also implement gepa's ``ReflectionLM.reflect`` to
+    return prompts, raw outputs and metadata for the logs; the learner then uses that.
     """
 
     def __call__(self, candidate: Context, reflective_dataset: ReflectiveDataset,

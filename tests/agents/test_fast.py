@@ -138,6 +138,16 @@ def test_recent_rollouts_are_reused_not_regenerated() -> None:
     assert metrics["metric_calls"] == env.rollouts == 2 + 3 + 2
 
 
+def test_rescoring_ignores_stale_recent_rollouts() -> None:
+    stale = KeywordEnv(base=0.0)(dict(SEED), KEYS)  # rollouts from before the last slow steps
+    env = KeywordEnv(base=0.5)  # the current weights do better
+    pop = ContextPopulation(SEED)
+    learner = ReflectiveFastLearner(ScriptedReflector(["Be brief."]), proposals_per_round=1)
+    learner.round(pop, env, stale, KEYS)
+    assert env.calls[0] == (SEED, KEYS)  # the seed was re-scored with the current policy
+    assert pop[pop.ids[0]].scores == dict.fromkeys(KEYS, 0.5)
+
+
 def test_budget_is_respected_and_counts_every_generated_rollout() -> None:
     env = KeywordEnv(base=0.0, good="rule")
     reflector = ScriptedReflector(lambda n: f"rule{n}" if n % 2 else f"note {n}")
