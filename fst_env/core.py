@@ -12,6 +12,8 @@ Contract (see DESIGN.md):
 from __future__ import annotations
 
 import enum
+import multiprocessing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,10 +21,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
+from gymnasium.vector.utils import shared_memory as vector_shared_memory
 
 from fst_env.cards import EnvCard
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+#: Longest observation (prompt plus any injected context); bounds AsyncVectorEnv's shared memory per env.
+OBSERVATION_MAX_CHARS = 1 << 17
 
 #: Responses longer than this are not parsed: they get reward 0 and a format-error feedback.
 DEFAULT_MAX_RESPONSE_CHARS = 65_536
@@ -128,7 +134,7 @@ class TextEnv(gym.Env[str, str]):
         self.split = split
         self.render_mode = render_mode
         self.max_response_chars = max_response_chars
-        self.observation_space = TextSpace(max_length=1 << 20)
+        self.observation_space = TextSpace(max_length=OBSERVATION_MAX_CHARS)
         # The action space admits anything; oversized actions are judged as format errors, not rejected.
         self.action_space = TextSpace(max_length=1 << 24)
         low, high = self.card.reward_range if self.card else (0.0, 1.0)
@@ -235,3 +241,59 @@ class TextEnv(gym.Env[str, str]):
     def _name(self) -> str:
         spec = getattr(self, "spec", None)
         return spec.id if spec is not None else type(self).__name__
+
+
+# AsyncVectorEnv's shared memory for ``spaces.Text`` stores charset indices and silently drops every other
+# character, which blanks model text. TextSpace stores code points instead (any character, surrogates too),
+# with the length in the first slot.
+@vector_shared_memory.create_shared_memory.register(TextSpace)
+def _create_text_memory(space: TextSpace, n: int = 1, ctx: Any = multiprocessing) -> Any:
+    return ctx.Array(np.dtype(np.int32).char, n * (space.max_length + 1))
+
+
+class _SharedTextBatch(Sequence):
+    """A live view of the texts in shared memory.
+
+    AsyncVectorEnv reads its shared memory once, at construction, and relies on getting a view that later
+    writes show through (true of numpy arrays, not of a tuple of str). Copies (``deepcopy``, which the vector
+    env returns by default) are plain tuples.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        row = self._rows[index]
+        return "".join(map(chr, row[1: 1 + row[0]]))
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # mutable view
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+@vector_shared_memory.read_from_shared_memory.register(TextSpace)
+def _read_text_memory(space: TextSpace, shared_memory: Any, n: int = 1) -> _SharedTextBatch:
+    return _SharedTextBatch(np.frombuffer(shared_memory.get_obj(), dtype=np.int32).reshape((n, space.max_length + 1)))
+
+
+@vector_shared_memory.write_to_shared_memory.register(TextSpace)
+def _write_text_memory(space: TextSpace, index: int, value: str, shared_memory: Any) -> None:
+    if len(value) > space.max_length:
+        raise ValueError(f"observation of {len(value):,} characters exceeds the space's max_length "
+                         f"{space.max_length:,}; use AsyncVectorEnv(shared_memory=False) for longer text")
+    size = space.max_length + 1
+    row = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)[index * size: (index + 1) * size]
+    row[0] = len(value)
+    row[1: 1 + len(value)] = np.fromiter(map(ord, value), dtype=np.int32, count=len(value))

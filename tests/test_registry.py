@@ -117,3 +117,16 @@ def test_oracle_response_scores_full_reward_where_known(fst_id):
         pytest.skip(f"{fst_id} knows no oracle response")
     _, reward, _, _, info = env.step(oracle)
     assert reward == high and info["verdict"] == "correct", info["feedback"]
+
+
+def test_async_vector_env_carries_any_text_through_shared_memory():
+    envs = gym.make_vec("fst/MathReasoning-v0", num_envs=2, vectorization_mode="async",
+                        families=("chain_sum",))
+    try:
+        obs, _ = envs.reset(seed=0, options={"problem_id": 3})
+        direct = gym.make("fst/MathReasoning-v0", families=("chain_sum",)).reset(options={"problem_id": 3})[0]
+        assert obs == (direct, direct)
+        obs, rewards, _, _, infos = envs.step(("\\ud800 ключ 答案 \\x00", "\\\\boxed{0}"))
+        assert obs[0] == infos["feedback"][0] and obs[0].strip()
+    finally:
+        envs.close()
