@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import re
+import subprocess
+import sys
 
 import gymnasium as gym
 import pytest
@@ -261,3 +263,14 @@ def test_check_env_and_card():
     card = fst_env.card("fst/FactVerification-v0")
     assert {"num_distractors", "min_hops / max_hops"} <= set(card.difficulty_knobs)
     assert "no HoVer data" in card.data_source
+
+
+def test_problems_do_not_depend_on_the_hash_seed():
+    code = ("import hashlib\n"
+            "from fst_env.envs.fact_verification import PRESETS, generate_problem\n"
+            "print(hashlib.sha256(''.join(generate_problem(PRESETS['hard'], i).prompt for i in range(50)).encode())"
+            ".hexdigest())\n")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                              env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout for seed in (1, 2)}
+    (digest,) = digests  # one digest for both hash seeds
+    assert len(digest.strip()) == 64

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import pytest
 import reasoning_gym
@@ -265,3 +268,18 @@ def test_check_env_and_card(env_id):
     card = fst_env.card(env_id)
     assert card.splits == rg_env.SPLIT_SIZES and card.reward_range == (0.0, 1.0)
     assert "reasoning-gym" in card.data_source and card.licence
+
+
+def test_problems_do_not_depend_on_the_hash_seed():
+    code = ("import hashlib, gymnasium as gym, fst_env\n"
+            "from fst_env.envs.reasoning_gym import CURATED\n"
+            "h = hashlib.sha256()\n"
+            "for env_id in sorted(CURATED):\n"
+            "    env = gym.make(env_id, split='test')\n"
+            "    for seed in range(3):\n"
+            "        h.update(env.reset(seed=seed)[0].encode())\n"
+            "print(h.hexdigest())\n")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                              env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout for seed in (1, 2)}
+    (digest,) = digests  # one digest for both hash seeds
+    assert len(digest.strip()) == 64
