@@ -1,0 +1,24 @@
+"""Generation backends: turn chat-formatted prompts into completions with per-token log-probs.
+
+``from fst_env.backends import HFBackend`` (in-process transformers; imports torch on first use).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fst_env.backends.base import Generation, GenerationBackend, SamplingParams
+
+if TYPE_CHECKING:
+    from fst_env.backends.hf import HFBackend
+
+__all__ = ["Generation", "GenerationBackend", "HFBackend", "SamplingParams"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the base types stay importable without torch; HFBackend pulls torch in only when asked for.
+    if name == "HFBackend":
+        from fst_env.backends.hf import HFBackend
+
+        return HFBackend
+    raise AttributeError(f"module 'fst_env.backends' has no attribute {name!r}")

@@ -1,0 +1,118 @@
+"""What every generation backend offers: sampling parameters, a generation record and the backend protocol.
+
+This module does not import torch, so the types can be used (and type-checked) without the training extras.
+
+Log-probabilities: a backend returns, for each sampled token, its log-probability under the policy *at the
+sampling temperature*, ``log_softmax(logits / T)[token]`` (``T = 1`` when ``temperature == 0``, i.e. greedy
+decoding, whose own distribution is degenerate). Top-k / top-p truncation is a sampling heuristic and is not
+folded in: the learner recomputes the same quantity differentiably (``fst_env.agents.slow`` with the same
+temperature), so the importance ratio is exactly 1 on the first step, up to float numerics. With the default
+``top_k=0, top_p=1.0`` the returned log-probs are exactly those of the sampling distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class SamplingParams:
+    """How to sample completions.
+
+    ``max_new_tokens``: completion length cap (``finish_reason="length"`` when hit). ``temperature``: 0 means
+    greedy decoding. ``top_p`` in (0, 1] (1 = off), ``top_k`` >= 0 (0 = off). ``stop``: strings that end a
+    completion (``finish_reason="stop"``, as does the tokenizer's eos token); ``include_stop`` keeps the
+    matched stop string at the end of the returned text. ``seed``: the same seed and prompts give the same
+    completions (``None`` draws fresh randomness).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] | list[str] = field(default_factory=tuple)
+    include_stop: bool = True
+    seed: int | None = None
+
+    def validate(self) -> SamplingParams:
+        """Raise ValueError on an out-of-range field; returns ``self`` so calls can chain."""
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise ValueError(f"SamplingParams.temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if isinstance(self.stop, str):
+            raise ValueError(f"SamplingParams.stop must be a list of strings, not a str: use [{self.stop!r}]")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"SamplingParams.stop entries must be non-empty strings, got {s!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding is greedy (temperature 0)."""
+        return self.temperature == 0
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature the returned log-probs are computed at (see the module docstring)."""
+        return 1.0 if self.greedy else float(self.temperature)
+
+
+@dataclass
+class Generation:
+    """One completion of one prompt.
+
+    ``prompt_ids`` are the prompt's token ids (no padding); ``completion_ids`` the sampled ids, ending with the
+    eos token when the model stopped by itself, or with the token that completed a stop string. ``logprobs``
+    has one entry per completion id (see the module docstring). ``text`` is the decoded completion without
+    special tokens, cut after the stop string (or before it, with ``include_stop=False``).
+    """
+
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+    stop: str | None = None
+
+
+Message = dict[str, str]
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """Anything that turns chat-formatted prompts into completions with per-token log-probs.
+
+    ``generate(prompts, params)`` returns one :class:`Generation` per prompt, in order; prompts are already
+    formatted text (use :meth:`apply_chat_template`). Backends that serve a separate copy of the weights
+    (vLLM, a server) get the trainer's current weights through ``update_weights`` / ``set_adapter``;
+    an in-process backend sharing the trainer's module needs no sync.
+    """
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """One completion per prompt, in order."""
+        ...
+
+    def apply_chat_template(self, messages: list[Message], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for a chat (system/user/assistant messages), ready for :meth:`generate`."""
+        ...
+
+    def update_weights(self, model: Any = None) -> None:
+        """Make the served weights equal to the trainer's (``model``, or the policy the backend was built on)."""
+        ...
+
+    def set_adapter(self, name: str | None) -> None:
+        """Generate with the named LoRA adapter, or with the base weights (adapters disabled) for ``None``."""
+        ...

