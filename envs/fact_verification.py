@@ -65,9 +65,9 @@ RELATIONS: dict[str, Relation] = {
 RELATIONS_FROM: dict[str, list[str]] = {t: [r for r, rel in RELATIONS.items() if rel.subject == t]
                                         for t in (*DOC_TYPES, COUNTRY)}
 
-_VERDICT_LINE = re.compile(r"^[ \t>*#]*verdict[ \t]*(?:\*\*)?[ \t]*:[ \t*`\"']*([^\s*`\"'.,;]*)",
-                           re.IGNORECASE | re.MULTILINE)
-_EVIDENCE_LINE = re.compile(r"^[ \t>*#]*evidence[ \t]*(?:\*\*)?[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+# "Verdict:" and "Evidence:" may open a line or follow other text ("Verdict: REFUTED, Evidence: [4, 9]").
+_VERDICT_LINE = re.compile(r"\bverdict[ \t]*(?:\*\*)?[ \t]*:[ \t*`\"']*([^\s*`\"'.,;]*)", re.IGNORECASE)
+_EVIDENCE_LINE = re.compile(r"\bevidence[ \t]*(?:\*\*)?[ \t]*:([^\n]*)", re.IGNORECASE)
 _MAX_CITED = 200  # more ids than this on the Evidence line are not read (they cannot be a precise citation)
 
 

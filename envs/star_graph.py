@@ -25,7 +25,7 @@ from fst_env.splits import ProceduralSplit
 
 SPLIT_SIZES: dict[str, int] = {"train": 100_000, "validation": 1_000, "test": 1_000}
 
-_PATH_LINE = re.compile(r"^[ \t>*#]*path[ \t]*(?:\*\*)?[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_PATH_LINE = re.compile(r"\bpath[ \t]*(?:\*\*)?[ \t]*:([^\n]*)", re.IGNORECASE)  # the last one counts
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _SEPARATORS = re.compile(r"\s*(?:,|->|→|\s)\s*")
 

@@ -225,6 +225,7 @@ def test_format_errors():
 def test_parser_accepts_common_spellings():
     assert parse_response("**Verdict:** refutes\n**Evidence:** docs 4 and 9") == ("REFUTED", [4, 9], "")
     assert parse_response("Verdict: SUPPORTED\nEvidence: []") == ("SUPPORTED", [], "")
+    assert parse_response("My verdict: REFUTED, evidence: [4, 9].") == ("REFUTED", [4, 9], "")
     assert parse_response("Verdict: REFUTED\nVerdict: SUPPORTED")[0] == "SUPPORTED"  # the last line counts
 
 

@@ -160,6 +160,7 @@ def test_format_errors():
 def test_parse_path_takes_the_last_path_line():
     assert parse_path("Path: 1,2\nbetter:\nPath: 1,3,4") == ([1, 3, 4], "")
     assert parse_path("no path")[0] is None
+    assert parse_path("So the final path: 4, 8, 15.") == ([4, 8, 15], "")
 
 
 BAD_ACTIONS = ["", "x" * (1 << 20), "\ud800", "Path: \ud800", "\x00\x01\x1b[2J\x7f", "Path: \x00,1",
