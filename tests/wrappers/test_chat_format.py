@@ -6,10 +6,10 @@ import warnings
 
 import gymnasium as gym
 import pytest
-from fst_env.wrappers import ChatFormat, ContextInjection, MultiTurnRetry
 from gymnasium.utils.env_checker import check_env
 
 import fst_env
+from fst_env.wrappers import ChatFormat, ContextInjection, MultiTurnRetry
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -6,11 +6,11 @@ import warnings
 
 import gymnasium as gym
 import pytest
-from fst_env.wrappers import ContextInjection
 from gymnasium.utils.env_checker import check_env
 
 import fst_env
 from fst_env.context import render_context
+from fst_env.wrappers import ContextInjection
 
 ENV_ID = "test/EchoContext-v0"
 WORDS = ["apple", "river", "stone", "cloud", "amber"]

@@ -6,10 +6,10 @@ import warnings
 
 import gymnasium as gym
 import pytest
-from fst_env.wrappers import MultiTurnRetry, TextEpisodeStatistics
 from gymnasium.wrappers import RecordEpisodeStatistics
 
 import fst_env
+from fst_env.wrappers import MultiTurnRetry, TextEpisodeStatistics
 
 ENV_ID = "test/EchoStats-v0"
 WORDS = ["apple", "river", "stone"]

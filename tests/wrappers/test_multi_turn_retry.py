@@ -6,12 +6,12 @@ import warnings
 
 import gymnasium as gym
 import pytest
-from fst_env.wrappers import MultiTurnRetry, TextEpisodeStatistics
-from fst_env.wrappers.multi_turn_retry import retry_prompt
 from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 
 import fst_env
+from fst_env.wrappers import MultiTurnRetry, TextEpisodeStatistics
+from fst_env.wrappers.multi_turn_retry import retry_prompt
 
 ENV_ID = "test/EchoRetry-v0"
 WORDS = ["apple", "river", "stone", "cloud"]
