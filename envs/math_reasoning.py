@@ -14,8 +14,6 @@ from fractions import Fraction
 from functools import cache, lru_cache
 from typing import Any
 
-import reasoning_gym
-
 from fst_env.answers import Extraction, answers_match, clean_answer, extract_answer, to_fraction
 from fst_env.cards import EnvCard, register_env
 from fst_env.core import Outcome, Problem, TextEnv, Verdict
@@ -105,6 +103,8 @@ class MathReasoningConfig:
 @cache
 def _dataset(family: str, level: str) -> Any:
     # One dataset object per (family, level) per process: items are derived from Random(seed + index).
+    import reasoning_gym  # deferred: importing it costs ~1 s, paid only when a math env is built
+
     return reasoning_gym.create_dataset(family, seed=0, size=_ITEMS_PER_DATASET, **FAMILY_CONFIGS[family][level])
 
 

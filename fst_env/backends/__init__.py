@@ -12,7 +12,19 @@ from fst_env.backends.base import Generation, GenerationBackend, SamplingParams
 if TYPE_CHECKING:
     from fst_env.backends.hf import HFBackend
 
-__all__ = ["Generation", "GenerationBackend", "HFBackend", "SamplingParams"]
+__all__ = ["BACKENDS", "Generation", "GenerationBackend", "HFBackend", "SamplingParams", "make_backend"]
+
+#: Backend names accepted by :func:`make_backend` (the ``backend`` field of a run's config).
+BACKENDS = ("hf",)
+
+
+def make_backend(name: str, policy: Any, **kwargs: Any) -> GenerationBackend:
+    """The generation backend called ``name`` serving ``policy``; the one place that branches on the name."""
+    if name == "hf":
+        from fst_env.backends.hf import HFBackend
+
+        return HFBackend(policy, **kwargs)
+    raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,338 @@
+"""FSTAgent: an LLM policy with slow weights (LoRA, CISPO) and fast weights (a context population).
+
+Driven by an ordinary RL loop::
+
+    obs, infos = envs.reset(options={"problem_id": k})      # G copies of one problem
+    actions = agent.act(obs, infos)                          # contexts drawn from the population, G/K each
+    _, rewards, _, _, infos = envs.step(actions)
+    agent.observe(rewards, infos)                            # reward + feedback per rollout
+    metrics = agent.update()                                 # slow step when the batch is full; fast round every T
+
+``RLAgent`` (slow only) and ``PromptAgent`` (fast only) are this class with one channel off, so comparisons
+differ in exactly one thing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner
+from fst_env.agents.population import ContextPopulation
+from fst_env.agents.reflection import as_reflection_lm, from_transformers
+from fst_env.agents.rollout import Rollout
+from fst_env.agents.slow import LoraSettings, SlowLearner
+from fst_env.backends import make_backend
+from fst_env.backends.base import SamplingParams
+from fst_env.context import Context, render_context
+from fst_env.models import Policy, atomic_directory
+
+DEFAULT_SEED_CONTEXT: Context = {
+    "instructions": "Solve the task carefully. Think step by step, then give the final answer in the format the "
+                    "task asks for.",
+    "notes": "",
+}
+
+
+@dataclass
+class FSTConfig:
+    """Everything that shapes a run; the defaults follow the paper where it states them (T=6, K=4, tau=4)."""
+
+    slow: bool = True
+    fast: bool = True
+    group_size: int = 8
+    groups_per_step: int = 2
+    fast_every: int = 6
+    population_size: int = 4
+    fast_learner: str = "reflective"
+    fast_problems: int = 8
+    fast_budget: int = 96
+    proposals_per_round: int = 2
+    minibatch_size: int = 3
+    max_new_tokens: int = 192
+    temperature: float = 1.0
+    top_p: float = 1.0
+    loss: str = "cispo"
+    tau: float = 4.0
+    lr: float | None = None
+    kl_coef: float = 0.0
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    full_finetune: bool = False
+    micro_batch_size: int = 8
+    backend: str = "hf"
+    seed_context: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SEED_CONTEXT))
+    seed: int = 0
+
+    def validate(self) -> FSTConfig:
+        if not (self.slow or self.fast):
+            raise ValueError("FSTConfig: at least one of slow / fast must be on")
+        for name in ("group_size", "groups_per_step", "fast_every", "population_size", "fast_problems",
+                     "fast_budget", "proposals_per_round", "minibatch_size", "max_new_tokens", "lora_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FSTConfig.{name} must be an int >= 1, got {value!r}")
+        if self.fast_learner not in ("reflective", "notes"):
+            raise ValueError(f"FSTConfig.fast_learner must be 'reflective' or 'notes', got {self.fast_learner!r}")
+        if self.slow and self.group_size < 2:
+            raise ValueError("FSTConfig.group_size must be >= 2 when the slow channel is on (advantages are "
+                             "normalised within a group)")
+        if not isinstance(self.seed_context, Mapping) or not str(self.seed_context.get("instructions", "")).strip():
+            raise ValueError("FSTConfig.seed_context must be a dict with a non-empty 'instructions' component")
+        return self
+
+
+class FSTAgent:
+    """Holds the policy, the context population and both learners; see the module docstring for the loop."""
+
+    def __init__(self, policy: Policy, env_id: str, config: FSTConfig | None = None, *,
+                 env_kwargs: Mapping[str, Any] | None = None,
+                 reflection_lm: Callable[[str], str] | None = None) -> None:
+        self.config = (config or FSTConfig()).validate()
+        self.policy = policy
+        self.rng = random.Random(self.config.seed)
+        torch.manual_seed(self.config.seed)
+        c = self.config
+        self.slow = SlowLearner(policy, lora=None if c.full_finetune else LoraSettings(rank=c.lora_rank,
+                                alpha=c.lora_alpha), lr=c.lr, loss=c.loss, tau=c.tau, kl_coef=c.kl_coef,
+                                micro_batch_size=c.micro_batch_size, temperature=c.temperature or 1.0,
+                                seed=c.seed) if c.slow else None
+        self.backend = make_backend(c.backend, policy)
+        self.population = ContextPopulation(dict(c.seed_context), max_size=c.population_size)
+        self.fast = None
+        if c.fast:
+            if c.fast_learner == "notes":
+                self.fast = NotesFastLearner(minibatch_size=c.minibatch_size, proposals_per_round=c.proposals_per_round,
+                                             budget_metric_calls=c.fast_budget, seed=c.seed)
+            else:
+                lm = as_reflection_lm(reflection_lm) if reflection_lm is not None else from_transformers(
+                    policy.model, policy.tokenizer, disable_adapter=True)
+                self.fast = ReflectiveFastLearner(lm, minibatch_size=c.minibatch_size,
+                                                  proposals_per_round=c.proposals_per_round,
+                                                  budget_metric_calls=c.fast_budget, seed=c.seed)
+        self.set_task(env_id, **dict(env_kwargs or {}))
+        self.pending: list[Rollout] = []   # acted on, not yet observed
+        self.batch: list[Rollout] = []     # observed, waiting for the next slow step
+        self.recent: deque[Rollout] = deque(maxlen=4 * c.group_size * c.groups_per_step * c.fast_every)
+        self.counters = {"update": 0, "slow_steps": 0, "fast_rounds": 0, "rl_samples": 0, "fast_rollouts": 0,
+                         "reflection_calls": 0, "wall_time_s": 0.0}
+
+    # ------------------------------------------------------------------ tasks and prompts
+    def set_task(self, env_id: str, **env_kwargs: Any) -> None:
+        """Train on ``env_id`` from now on (continual learning hands the same agent from task to task)."""
+        self.env_id, self.env_kwargs = env_id, env_kwargs
+        self._eval_envs: dict[tuple[str, str], gym.Env] = {}
+
+    def prompt_for(self, observation: str, context: Context) -> str:
+        """The chat-formatted prompt: the context as the system message, the observation as the user's."""
+        system = render_context(context)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": observation}]
+        return self.backend.apply_chat_template(messages)
+
+    def sampling(self) -> SamplingParams:
+        c = self.config
+        return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                              seed=self.rng.randrange(2**31))
+
+    # ------------------------------------------------------------------ the RL loop API
+    def act(self, observations: Sequence[str], infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+            ) -> list[str]:
+        """Completions for a batch of observations; rollouts sharing a problem form one group."""
+        if self.pending:
+            raise RuntimeError("FSTAgent.act: the previous actions were not observed; call observe() first")
+        groups = [self._group_key(obs, _info_at(infos, i)) for i, obs in enumerate(observations)]
+        context_ids: list[int] = [0] * len(groups)
+        for group in dict.fromkeys(groups):
+            members = [i for i, g in enumerate(groups) if g == group]
+            assigned = self.population.assign_group(len(members), self.rng)
+            self.rng.shuffle(assigned)
+            for i, cid in zip(members, assigned, strict=True):
+                context_ids[i] = cid
+        rollouts = self._generate(list(observations), groups, context_ids)
+        self.pending = rollouts
+        self.counters["rl_samples"] += len(rollouts)
+        return [r.completion for r in rollouts]
+
+    def observe(self, rewards: Sequence[float], infos: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Attach each rollout's reward, feedback and verdict (from ``env.step``) to what :meth:`act` produced."""
+        if len(rewards) != len(self.pending):
+            raise ValueError(f"FSTAgent.observe: {len(rewards)} rewards for {len(self.pending)} pending actions")
+        for i, rollout in enumerate(self.pending):
+            info = _info_at(infos, i)
+            rollout.reward = float(rewards[i])
+            rollout.feedback = str(info.get("feedback", ""))
+            rollout.verdict = str(info.get("verdict", ""))
+        self.batch.extend(self.pending)
+        self.recent.extend(self.pending)
+        self.pending = []
+
+    def update(self) -> dict[str, Any]:
+        """A slow step once ``groups_per_step`` groups are observed, and a fast round every ``fast_every`` updates.
+
+        Returns the metrics of what ran (empty when the batch is not full yet).
+        """
+        c = self.config
+        if len({r.group for r in self.batch}) < c.groups_per_step:
+            return {}
+        start = time.perf_counter()
+        batch, self.batch = self.batch, []
+        self.counters["update"] += 1
+        metrics: dict[str, Any] = {"rollout/reward_mean": float(np.mean([r.reward for r in batch])),
+                                   "rollout/correct_frac": float(np.mean([r.verdict == "correct" for r in batch]))}
+        if self.slow is not None:
+            metrics.update({f"slow/{k}": v for k, v in self.slow.step(batch).items()})
+            self.counters["slow_steps"] += 1
+        if self.fast is not None and self.counters["update"] % c.fast_every == 0:
+            keys = list(dict.fromkeys(r.group for r in reversed(self.recent)))[: c.fast_problems]
+            round_metrics = self.fast.round(self.population, self._evaluate, list(self.recent), keys)
+            self.counters["fast_rounds"] += 1
+            self.counters["fast_rollouts"] += int(round_metrics.get("metric_calls", 0))
+            self.counters["reflection_calls"] += int(round_metrics.get("reflection_calls", 0))
+            metrics.update({f"fast/{k}": v for k, v in round_metrics.items()})
+        self.counters["wall_time_s"] += time.perf_counter() - start
+        metrics.update({f"budget/{k}": v for k, v in self.counters.items()})
+        metrics["population/size"] = len(self.population)
+        return metrics
+
+    # ------------------------------------------------------------------ generation and evaluation
+    def _generate(self, observations: list[str], groups: list[str], context_ids: list[int]) -> list[Rollout]:
+        contexts = [self.population.context(cid) for cid in context_ids]
+        prompts = [self.prompt_for(obs, ctx) for obs, ctx in zip(observations, contexts, strict=True)]
+        generations = self.backend.generate(prompts, self.sampling())
+        return [Rollout(group=g, problem=obs, context_id=cid, context=dict(ctx), completion=gen.text,
+                        prompt_ids=list(gen.prompt_ids), completion_ids=list(gen.completion_ids),
+                        old_logprobs=list(gen.logprobs))
+                for g, obs, cid, ctx, gen in zip(groups, observations, context_ids, contexts, generations, strict=True)]
+
+    def _evaluate(self, context: Context, problem_keys: list[str]) -> list[Rollout]:
+        """Fast-round evaluation: the current policy with ``context`` on each problem key (one rollout each)."""
+        observations = [self._problem_env(key)[0].reset(options={"problem_id": self._problem_env(key)[1]})[0]
+                        for key in problem_keys]
+        prompts = [self.prompt_for(obs, context) for obs in observations]
+        rollouts = []
+        for key, obs, gen in zip(problem_keys, observations, self.backend.generate(prompts, self.sampling()),
+                                 strict=True):
+            env, problem_id = self._problem_env(key)
+            env.reset(options={"problem_id": problem_id})
+            _, reward, _, _, info = env.step(gen.text)
+            rollouts.append(Rollout(group=key, problem=obs, context_id=-1, context=dict(context),
+                                    completion=gen.text, reward=float(reward), feedback=info["feedback"],
+                                    verdict=info["verdict"]))
+        return rollouts
+
+    def evaluate(self, env_id: str | None = None, *, split: str = "validation", problems: int = 16, k: int = 1,
+                 context: Context | None = None, greedy: bool = False, **env_kwargs: Any) -> dict[str, float]:
+        """mean@k accuracy (and mean reward) of the current weights with ``context`` (default: the best
+        context; pass ``{}`` for none) on the first ``problems`` problems of ``split``."""
+        env_id = env_id or self.env_id
+        kwargs = env_kwargs or (self.env_kwargs if env_id == self.env_id else {})
+        env = gym.make(env_id, split=split, **kwargs)
+        context = self.population.best().context if context is None else context
+        observations = [env.reset(options={"problem_id": p})[0] for p in range(problems)]
+        prompts = [self.prompt_for(obs, context) for obs in observations for _ in range(k)]
+        params = self.sampling()
+        if greedy:
+            params.temperature = 0.0
+        generations = self.backend.generate(prompts, params)
+        rewards, correct = [], []
+        for i, gen in enumerate(generations):
+            env.reset(options={"problem_id": i // k})
+            _, reward, _, _, info = env.step(gen.text)
+            rewards.append(float(reward))
+            correct.append(info["verdict"] == "correct")
+        return {"accuracy": float(np.mean(correct)), "reward_mean": float(np.mean(rewards)),
+                "problems": problems, "k": k}
+
+    def _problem_env(self, key: str) -> tuple[gym.Env, int]:
+        env_id, split, problem_id = key.rsplit("/", 2)
+        if (env_id, split) not in self._eval_envs:
+            kwargs = self.env_kwargs if env_id == self.env_id else {}
+            self._eval_envs[(env_id, split)] = gym.make(env_id, split=split, **kwargs)
+        return self._eval_envs[(env_id, split)], int(problem_id)
+
+    def _group_key(self, observation: str, info: Mapping[str, Any]) -> str:
+        if info.get("problem_id") is not None:
+            return f"{self.env_id}/{info.get('split', 'train')}/{int(info['problem_id'])}"
+        return f"{self.env_id}/text/{abs(hash(observation)) % 10**12}"
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: str | Path) -> Path:
+        """Write adapter, optimizer, population, fast learner and RNG states atomically to ``directory``."""
+        if self.pending:
+            raise RuntimeError("FSTAgent.save: actions are pending; call observe() first")
+
+        def write(tmp: Path) -> None:
+            if self.slow is not None:
+                self.slow.save(tmp / "slow")
+            state = {"config": asdict(self.config), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
+                     "counters": self.counters, "population": self.population.state_dict(),
+                     "fast": self.fast.state_dict() if self.fast is not None else None,
+                     "rng": _rng_to_json(self.rng.getstate()), "batch": [asdict(r) for r in self.batch],
+                     "recent": [asdict(r) for r in self.recent]}
+            (tmp / "agent.json").write_text(json.dumps(state))
+            torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
+
+        return atomic_directory(directory, write)
+
+    def load(self, directory: str | Path) -> None:
+        """Restore what :meth:`save` wrote; the next update is the one the saved run would have made."""
+        directory = Path(directory)
+        state = json.loads((directory / "agent.json").read_text())
+        if self.slow is not None:
+            self.slow.load(directory / "slow")
+        self.set_task(state["env_id"], **state["env_kwargs"])
+        self.counters = state["counters"]
+        self.population.load_state_dict(state["population"])
+        if self.fast is not None and state["fast"] is not None:
+            self.fast.load_state_dict(state["fast"])
+        self.rng.setstate(_rng_from_json(state["rng"]))
+        self.batch = [Rollout(**r) for r in state["batch"]]
+        self.recent.clear()
+        self.recent.extend(Rollout(**r) for r in state["recent"])
+        torch.set_rng_state(torch.load(directory / "torch_rng.pt", weights_only=True))
+
+
+class RLAgent(FSTAgent):
+    """FSTAgent with the fast channel off: RL on the weights only, the seed context fixed."""
+
+    def __init__(self, policy: Policy, env_id: str, config: FSTConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(policy, env_id, replace(config or FSTConfig(), fast=False, slow=True), **kwargs)
+
+
+class PromptAgent(FSTAgent):
+    """FSTAgent with the slow channel off: context evolution on frozen weights only (GEPA-style)."""
+
+    def __init__(self, policy: Policy, env_id: str, config: FSTConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(policy, env_id, replace(config or FSTConfig(), fast=True, slow=False), **kwargs)
+
+
+def _info_at(infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, i: int) -> Mapping[str, Any]:
+    """Row ``i`` of a vector env's dict-of-arrays infos, or of a list of per-env info dicts."""
+    if infos is None:
+        return {}
+    if isinstance(infos, Mapping):
+        return {k: v[i] for k, v in infos.items()
+                if not k.startswith("_") and isinstance(v, (np.ndarray, list, tuple)) and len(v) > i
+                and bool(infos.get(f"_{k}", np.ones(i + 1, dtype=bool))[i])}
+    return infos[i]
+
+
+def _rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

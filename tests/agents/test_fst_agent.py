@@ -1,0 +1,129 @@
+"""FSTAgent end to end on a tiny random model: both channels, group contexts, checkpoint and resume."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import fst_env
+from fst_env.agents.fst_agent import FSTAgent, FSTConfig, PromptAgent, RLAgent
+from fst_env.models import tiny_policy
+
+ENV_ID = "test/EvenLength-v0"
+
+
+def _even_length(response: str, problem: dict) -> tuple[float, str]:
+    # Random text from a random model has a random length, so groups have reward variance to learn from.
+    if len(response) % 2 == 0:
+        return 1.0, "Correct: the answer has an even number of characters."
+    return 0.0, f"Format error: the answer must have an even number of characters; it had {len(response)}."
+
+
+fst_env.register_task(ENV_ID, [{"prompt": f"Write word number {i}.", "answer": "even"} for i in range(20)],
+                      reward_fn=_even_length, summary="test task: reward for an even-length answer")
+
+
+def small_config(**overrides) -> FSTConfig:
+    base = dict(group_size=4, groups_per_step=2, fast_every=2, fast_learner="notes", max_new_tokens=12,
+                fast_problems=3, fast_budget=40, proposals_per_round=1, population_size=3, seed=0)
+    return FSTConfig(**{**base, **overrides})
+
+
+def run_updates(agent: FSTAgent, updates: int, seed: int = 0) -> list[dict]:
+    envs = gym.make_vec(ENV_ID, num_envs=agent.config.group_size)
+    rng = np.random.default_rng(seed)
+    history = []
+    while len(history) < updates:
+        obs, infos = envs.reset(options={"problem_id": int(rng.integers(20))})
+        actions = agent.act(obs, infos)
+        _, rewards, _, _, infos = envs.step(actions)
+        agent.observe(rewards, infos)
+        metrics = agent.update()
+        if metrics:
+            history.append(metrics)
+    return history
+
+
+def adapter_and_base(agent: FSTAgent) -> tuple[dict, dict]:
+    named = dict(agent.policy.model.named_parameters())
+    lora = {k: v.detach().clone() for k, v in named.items() if "lora_" in k}
+    base = {k: v.detach().clone() for k, v in named.items() if "lora_" not in k}
+    return lora, base
+
+
+def test_config_validation():
+    for bad in (dict(slow=False, fast=False), dict(group_size=1), dict(fast_learner="gepa"), dict(fast_every=0),
+                dict(seed_context={"notes": "x"})):
+        with pytest.raises(ValueError):
+            small_config(**bad).validate()
+
+
+def test_both_channels_learn_and_only_the_adapter_moves():
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    lora_before, base_before = adapter_and_base(agent)
+    history = run_updates(agent, 4)
+    lora_after, base_after = adapter_and_base(agent)
+    assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before), "LoRA weights moved"
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before), "base weights frozen"
+    assert agent.counters["slow_steps"] == 4 and agent.counters["fast_rounds"] == 2
+    assert agent.counters["rl_samples"] == 4 * 2 * 4
+    assert agent.counters["fast_rollouts"] > 0
+    assert "fast/n_proposals" in history[1] and "slow/loss" in history[0]
+    assert all(np.isfinite(h["slow/loss"]) for h in history)
+
+
+def test_contexts_are_mixed_within_a_group_and_advantage_is_per_problem():
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(group_size=6))
+    agent.population.add({"instructions": "Answer in one word."}, parent_id=0, scores={})
+    agent.population.add({"instructions": "Answer briefly."}, parent_id=0, scores={})
+    envs = gym.make_vec(ENV_ID, num_envs=6)
+    obs, infos = envs.reset(options={"problem_id": 3})
+    agent.act(obs, infos)
+    pending = agent.pending
+    assert len({r.group for r in pending}) == 1
+    assert sorted(r.context_id for r in pending) == sorted(agent.population.ids * 2)
+    assert all(r.prompt_ids and r.completion_ids and len(r.old_logprobs) == len(r.completion_ids) for r in pending)
+
+
+def test_rl_and_prompt_agents_differ_in_one_channel():
+    rl = RLAgent(tiny_policy(0), ENV_ID, small_config())
+    prompt = PromptAgent(tiny_policy(0), ENV_ID, small_config())
+    assert rl.slow is not None and rl.fast is None
+    assert prompt.slow is None and prompt.fast is not None
+    assert rl.config.group_size == prompt.config.group_size == 4
+    history = run_updates(prompt, 2)
+    assert "slow/loss" not in history[0] and "fast/n_proposals" in history[1]
+
+
+def test_resume_from_checkpoint_reproduces_the_next_update(tmp_path):
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    run_updates(agent, 2, seed=1)
+    agent.save(tmp_path / "ckpt")
+    expected = run_updates(agent, 1, seed=2)[0]
+    expected_lora, _ = adapter_and_base(agent)
+
+    resumed = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    resumed.load(tmp_path / "ckpt")
+    got = run_updates(resumed, 1, seed=2)[0]
+    got_lora, _ = adapter_and_base(resumed)
+    assert got["slow/loss"] == pytest.approx(expected["slow/loss"], abs=1e-6)
+    assert all(torch.allclose(expected_lora[k], got_lora[k], atol=1e-6) for k in expected_lora)
+    assert resumed.population.state_dict() == agent.population.state_dict()
+    assert resumed.counters["update"] == agent.counters["update"]
+
+
+def test_observe_checks_lengths_and_act_requires_observe():
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))
+    envs = gym.make_vec(ENV_ID, num_envs=4)
+    obs, infos = envs.reset(options={"problem_id": 0})
+    agent.act(obs, infos)
+    with pytest.raises(RuntimeError, match="observe"):
+        agent.act(obs, infos)
+    with pytest.raises(ValueError, match="rewards"):
+        agent.observe([1.0], infos)
+
+
+def test_evaluate_reports_mean_at_k():
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))
+    result = agent.evaluate(ENV_ID, split="train", problems=3, k=2)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["k"] == 2 and result["problems"] == 3
