@@ -1,0 +1,351 @@
+"""fst_env.sandbox: normal programs, limits, and a hostile suite that must end cleanly and leave the host alone."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fst_env.sandbox import STATUSES, SandboxLimits, SandboxPool, run_many, run_python, sandbox_isolation
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _descendants(root: int) -> set[int]:
+    """Pids of every live descendant of ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _processes_with(text: str) -> list[int]:
+    hits = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                hits.append(int(entry))
+    return hits
+
+
+@pytest.fixture(scope="module")
+def isolation() -> tuple[str, ...]:
+    return sandbox_isolation()
+
+
+# --------------------------------------------------------------------------------------------- normal programs
+def test_prints_output_and_reads_stdin():
+    result = run_python("name = input()\nprint('hello', name)\nprint(sum(range(10)))", stdin="world\n")
+    assert result.status == "ok", result
+    assert result.ok and result.returncode == 0
+    assert result.stdout == "hello world\n45\n"
+    assert result.stderr == "" and result.error == ""
+    assert 0 <= result.wall_time < 5
+    assert {"process-session", "rlimits", "scrubbed-env"} <= set(result.isolation)
+
+
+def test_exception_status_names_the_error_and_line():
+    result = run_python("x = 1\ny = 0\nprint(x / y)\n")
+    assert result.status == "error" and result.returncode == 1
+    assert result.error == "ZeroDivisionError: division by zero"
+    assert 'solution.py", line 3' in result.stderr
+    assert "fst_sandbox" not in result.stderr and "runpy" not in result.stderr  # only the program's frames
+
+
+def test_exit_codes_and_syntax_errors():
+    assert run_python("import sys; sys.exit(0)").status == "ok"
+    three = run_python("import sys; sys.exit(3)")
+    assert (three.status, three.returncode) == ("error", 3)
+    syntax = run_python("def f(:\n    pass\n")
+    assert syntax.status == "error" and syntax.error.startswith("SyntaxError")
+
+
+@pytest.mark.parametrize("code", ["", "print('\ud800')", "print(1)\x00", "\x00\x01\xff garbage \u202e", "é" * 5000])
+def test_odd_source_text_never_raises(code):
+    result = run_python(code)
+    assert result.status in ("ok", "error")
+    if code == "":
+        assert result.status == "ok"
+
+
+def test_same_program_same_output_including_set_order():
+    code = "print({'pear', 'apple', 'fig', 'kiwi', 'plum', 'lime'})\nimport random; print(type(random.random()))"
+    first, second = run_python(code), run_python(code, use_zygote=False)
+    assert first.status == second.status == "ok"
+    assert first.stdout == second.stdout  # fixed hash seed: set order does not vary between runs
+
+
+def test_limits_validation_and_argument_types():
+    with pytest.raises(ValueError, match="timeout_s"):
+        SandboxLimits(timeout_s=0).validate()
+    with pytest.raises(ValueError, match="memory_mb"):
+        run_python("pass", memory_mb=1)
+    with pytest.raises(TypeError, match="unknown limit"):
+        run_python("pass", timeout=3)
+    with pytest.raises(TypeError, match="str"):
+        run_python(b"print(1)")  # type: ignore[arg-type]
+    assert SandboxLimits(timeout_s=1.2).cpu_limit_s == 2
+    assert set(STATUSES) >= {"ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error"}
+
+
+def test_isolate_false_still_limits_and_says_so():
+    result = run_python("print('trusted')", isolate=False)
+    assert result.status == "ok" and result.stdout == "trusted\n"
+    assert "netns" not in result.isolation and any("isolate=False" in note for note in result.notes)
+
+
+# ------------------------------------------------------------------------------------------------ hostile suite
+def test_fork_bomb_is_contained():
+    run_python("pass")  # start the zygote first: it is meant to stay
+    before = _descendants(os.getpid())
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = run_python(code, timeout_s=2, max_procs=16)
+    assert result.status in ("timeout", "error"), result
+    assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+    assert _descendants(os.getpid()) == before  # and no bomb process survived the run
+
+
+def test_memory_bomb_ends_with_memory_status():
+    big = run_python("x = bytearray(10 ** 10)", memory_mb=256)
+    assert big.status == "memory" and "256 MB" in big.error
+    growing = run_python("xs = []\nwhile True:\n    xs.append(' ' * 10 ** 6)", memory_mb=128, timeout_s=10)
+    assert growing.status == "memory", growing
+
+
+def test_infinite_loop_and_sleep_time_out():
+    loop = run_python("while True:\n    pass", timeout_s=1)
+    assert loop.status == "timeout" and 0.9 <= loop.wall_time < 3
+    sleep = run_python("import time\ntime.sleep(60)", timeout_s=0.5)
+    assert sleep.status == "timeout" and "wall-clock" in sleep.error
+
+
+def test_cpu_limit_below_wall_limit_is_a_timeout():
+    result = run_python("while True:\n    pass", timeout_s=10, cpu_s=1)
+    assert result.status == "timeout" and "CPU" in result.error
+    assert result.wall_time < 8
+
+
+def test_deep_recursion():
+    plain = run_python("def f(n):\n    return f(n + 1)\nf(0)")
+    assert plain.status == "error" and "RecursionError" in plain.error
+    unbounded = run_python("import sys\nsys.setrecursionlimit(10 ** 8)\ndef f(n):\n    return f(n + 1)\nf(0)",
+                           memory_mb=128, timeout_s=3)
+    assert unbounded.status in ("memory", "killed", "timeout", "error"), unbounded
+
+
+def test_huge_output_is_capped_and_stopped():
+    result = run_python("while True:\n    print('x' * 1000)", max_output_bytes=100_000, timeout_s=5)
+    assert result.status == "output_limit" and result.stdout_truncated
+    assert len(result.stdout.encode()) == 100_000
+    assert result.wall_time < 4  # stopped at the cap, not at the time limit
+
+
+def test_stderr_is_truncated_not_fatal():
+    code = "import sys\nfor i in range(20000):\n    print('e' * 100, file=sys.stderr)\nprint('done')"
+    result = run_python(code, max_stderr_bytes=10_000)
+    assert result.status == "ok" and result.stdout == "done\n"
+    assert result.stderr_truncated and "[stderr truncated" in result.stderr and len(result.stderr) < 10_200
+
+
+def test_writes_outside_the_work_dir_do_not_reach_the_host():
+    tag = f"fst_sandbox_probe_{uuid.uuid4().hex}"
+    targets = [f"/tmp/{tag}", str(REPO / tag), f"/var/tmp/{tag}", f"/dev/shm/{tag}", f"{Path.home()}/{tag}"]
+    code = ("import os\n"
+            f"for path in {targets!r}:\n"
+            "    try:\n"
+            "        with open(path, 'w') as f:\n"
+            "            f.write('escaped')\n"
+            "        print('wrote', path)\n"
+            "    except OSError as exc:\n"
+            "        print('refused', path, exc.errno)\n"
+            "open('inside.txt', 'w').write('fine')\n"
+            "print('cwd', os.getcwd(), sorted(os.listdir('.')))\n")
+    result = run_python(code)
+    assert result.status == "ok", result
+    assert "inside.txt" in result.stdout  # the private work dir is writable
+    leaked = [t for t in targets if os.path.exists(t)]
+    for path in leaked:
+        os.remove(path)
+    assert leaked == []
+    assert f"refused {REPO / tag}" in result.stdout  # the repository itself refuses the write
+
+
+def test_file_size_limit():
+    result = run_python("open('big.bin', 'wb').write(b'x' * (40 << 20))", max_file_mb=4, memory_mb=256)
+    assert result.status == "error" and "File too large" in result.error
+
+
+def test_network_is_unreachable(isolation):
+    if "netns" not in isolation:
+        pytest.skip(f"no network namespace here ({sandbox_isolation()}): network isolation not in force")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.3)
+    port = listener.getsockname()[1]
+    code = ("import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "    print('CONNECTED')\n"
+            "except OSError as exc:\n"
+            "    print('failed', exc.errno)\n")
+    try:
+        result = run_python(code)
+        assert result.status == "ok" and result.stdout.startswith("failed"), result
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_parent_environment_and_process_memory_stay_private(monkeypatch):
+    monkeypatch.setenv("FST_FAKE_SECRET", "hunter2-do-not-leak")
+    code = ("import os, glob\n"
+            "print(sorted(os.environ))\n"
+            "print(os.environ.get('FST_FAKE_SECRET'))\n"
+            "for path in glob.glob('/proc/*/environ'):\n"
+            "    try:\n"
+            "        if b'hunter2' in open(path, 'rb').read():\n"
+            "            print('LEAK', path)\n"
+            "    except OSError:\n"
+            "        pass\n")
+    result = run_python(code)
+    assert result.status == "ok", result
+    assert "hunter2" not in result.stdout and "LEAK" not in result.stdout
+    assert "FST_FAKE_SECRET" not in result.stdout
+
+
+def test_killing_the_parent_does_not_reach_the_caller():
+    me = os.getpid()
+    result = run_python("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('after', os.getppid())")
+    assert os.getpid() == me and result.status in ("ok", "killed", "sandbox_error")
+    assert run_python("print(7)").stdout == "7\n"  # and the sandbox still works afterwards
+
+
+def test_daemonised_children_do_not_outlive_the_run():
+    tag = f"{time.time_ns() % 10 ** 9}.5"
+    code = ("import os\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            f"        os.execv('/bin/sleep', ['sleep', '{tag}'])\n"
+            "    os._exit(0)\n"
+            "print('parent done')\n")
+    result = run_python(code)
+    assert result.status == "ok" and result.stdout == "parent done\n"
+    deadline = time.monotonic() + 2
+    while _processes_with(f"sleep {tag}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(f"sleep {tag}") == []
+
+
+def test_claimed_isolation_is_real(isolation):
+    code = ("import os\n"
+            "print(os.getuid())\n"
+            "print(sorted(p for p in os.listdir('/proc') if p.isdigit())[:5])\n")
+    result = run_python(code)
+    uid, pids = result.stdout.splitlines()
+    if "uid-nobody" in result.isolation:
+        assert uid == "65534"
+    if "pidns" in result.isolation and "private-proc" in result.isolation:
+        assert int(ast.literal_eval(pids)[0]) == 1  # only the sandbox's own processes are visible
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        # This machine class (root, namespaces and cgroup v1 available) must get the full set.
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+        if probe.returncode == 0:
+            assert {"netns", "pidns", "mountns", "readonly-fs", "uid-nobody", "private-tmp"} <= set(isolation)
+
+
+# -------------------------------------------------------------------------------------------- pools and leaks
+def test_run_many_keeps_order_and_leaves_no_processes():
+    run_python("pass")  # start the zygote first: it is meant to stay
+    before = _descendants(os.getpid())
+    codes = [f"print({i} * {i})" for i in range(12)] + ["import time\ntime.sleep(30)"]
+    results = run_many(codes, workers=4, timeout_s=1.5)
+    assert [r.stdout for r in results[:12]] == [f"{i * i}\n" for i in range(12)]
+    assert results[12].status == "timeout"
+    time.sleep(0.2)
+    assert _descendants(os.getpid()) == before
+
+
+def test_pool_submit_map_and_stdin():
+    with SandboxPool(workers=2) as pool:
+        future = pool.submit("print(input()[::-1])", stdin="abc\n")
+        mapped = pool.map(["print(int(input()) + 1)"] * 3, ["1\n", "2\n", "3\n"])
+        assert future.result().stdout == "cba\n"
+    assert [r.stdout for r in mapped] == ["2\n", "3\n", "4\n"]
+    with pytest.raises(ValueError, match="workers"):
+        SandboxPool(0)
+    with pytest.raises(ValueError, match="stdins"):
+        run_many(["pass", "pass"], stdins=["x"])
+
+
+def test_cgroups_are_removed_after_runs():
+    from fst_env.sandbox import _Cgroup
+
+    base = _Cgroup.base()
+    if base is None:
+        pytest.skip("no writable pids cgroup here")
+    run_many(["print(1)"] * 4, workers=2)
+    assert [d for d in os.listdir(base) if d.startswith(f"fst-sbx-{os.getpid()}-")] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root, setpriv and a system python3 to act as an unprivileged user")
+def test_unprivileged_user_gets_user_namespace_isolation():
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="fst-unpriv-"))  # pytest's tmp_path is not readable by nobody
+    script = folder / "unpriv.py"
+    script.write_text(
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('sbx', {str(REPO / 'fst_env' / 'sandbox.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['sbx'] = m; spec.loader.exec_module(m)\n"
+        f"r = m.run_python(\"open({str(REPO / 'unpriv_probe')!r}, 'w')\")\n"
+        "f = m.run_python('import os\\nwhile True:\\n    os.fork()', timeout_s=3, max_procs=8)\n"
+        "print(json.dumps([r.status, r.error, list(r.isolation), f.status]))\n")
+    os.chmod(folder, 0o755)
+    os.chmod(script, 0o644)
+    try:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                               str(script)], capture_output=True, text=True, timeout=60, cwd="/")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
+        pytest.skip(f"cannot run as nobody here: {proc.stderr[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    status, error, isolation, fork_status = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "userns" not in isolation:
+        pytest.skip(f"unprivileged user namespaces are disabled here: {isolation}")
+    assert status == "error" and ("Read-only" in error or "Permission" in error)
+    assert {"netns", "pidns", "readonly-fs"} <= set(isolation)
+    assert fork_status in ("error", "timeout")
+    assert not (REPO / "unpriv_probe").exists()
