@@ -22,7 +22,8 @@ How a run is built (each layer degrades on its own, and the result says which we
   and a nested user namespace locks the read-only mounts.
 - **Limits.** ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``,
   ``RLIMIT_CORE=0``; a wall-clock limit enforced by the parent; stdout capped (overflow kills the run),
-  stderr truncated; environment scrubbed to ``PATH``/``LANG``; the interpreter runs with ``-S -s`` (standard
+  stderr truncated; the environment is replaced by a minimal one (``PATH``, ``LANG``, ``HOME``, ``TMPDIR``),
+  so no secret in the parent's environment reaches the program; the interpreter runs with ``-S -s`` (standard
   library only, no site-packages) and a fixed hash seed, so the same program prints the same output.
 
 Where a layer is unavailable (no namespaces in a container, no cgroups for a non-root user, ...) the run goes
@@ -200,12 +201,14 @@ class SandboxPool:
 
     Each run owns its processes and kills them before its future completes, so nothing outlives a run;
     :meth:`close` (or leaving the ``with`` block) cancels queued runs and waits for running ones to finish
-    (each bounded by its own time limit). Workers default to the number of CPUs this process may use.
+    (each bounded by its own time limit). Workers default to twice the CPUs this process may use: a run spends
+    much of its latency waiting on the kernel (cgroup migration, namespace set-up and teardown), not computing.
     """
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = 2 * cpus
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"SandboxPool workers must be an int >= 1, got {workers!r}")
         self.workers = workers
@@ -433,6 +436,24 @@ class _Cgroup:
                 time.sleep(0.002)
 
 
+_SWEPT = False
+
+
+def _sweep_host_dirs() -> None:
+    """Once per process: remove run directories left in the temp dir by a parent that was killed mid-run."""
+    global _SWEPT
+    if _SWEPT:
+        return
+    _SWEPT = True
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            parts = name.split("-")
+            if name.startswith("fst-sbx-") and len(parts) >= 4 and parts[2].isdigit() \
+                    and not os.path.exists(f"/proc/{parts[2]}"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 def _usable_cgroup(base: str) -> str | None:
     probe = os.path.join(base, f"fst-sbx-{os.getpid()}-0-probe")
     try:
@@ -458,7 +479,8 @@ class _Run:
         self.direct: subprocess.Popen | None = None
 
     def execute(self) -> SandboxResult:
-        host_dir = tempfile.mkdtemp(prefix="fst-sbx-")
+        _sweep_host_dirs()
+        host_dir = tempfile.mkdtemp(prefix=f"fst-sbx-{os.getpid()}-")
         group: _Cgroup | None = None
         fds: list[int] = []
         try:

@@ -316,6 +316,23 @@ def test_cgroups_are_removed_after_runs():
     assert [d for d in os.listdir(base) if d.startswith(f"fst-sbx-{os.getpid()}-")] == []
 
 
+def test_stale_run_dirs_of_dead_parents_are_swept(monkeypatch):
+    import tempfile
+
+    from fst_env import sandbox
+
+    stale = Path(tempfile.gettempdir()) / "fst-sbx-99999999-stale"  # above any pid_max: that parent is dead
+    mine = Path(tempfile.mkdtemp(prefix=f"fst-sbx-{os.getpid()}-"))
+    stale.mkdir(exist_ok=True)
+    monkeypatch.setattr(sandbox, "_SWEPT", False)
+    try:
+        sandbox._sweep_host_dirs()
+        assert not stale.exists() and mine.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
                     reason="needs root, setpriv and a system python3 to act as an unprivileged user")
 def test_unprivileged_user_gets_user_namespace_isolation():
