@@ -237,7 +237,7 @@ def test_kl_penalty_and_reference_logprobs() -> None:
     assert learner.kl_to_reference(rollouts) > 0
 
 
-def test_full_finetuning_changes_base_weights_and_keeps_a_reference() -> None:
+def test_full_finetuning_changes_base_weights_keeps_a_reference_and_saves(tmp_path: Path) -> None:
     policy = tiny_policy()
     learner = SlowLearner(policy, lora=None, lr=1e-3, temperature=TEMPERATURE, kl_coef=0.01)
     assert not hasattr(policy.model, "peft_config")
@@ -246,6 +246,13 @@ def test_full_finetuning_changes_base_weights_and_keeps_a_reference() -> None:
     learner.step(rollouts)
     assert any(not torch.equal(before[n], p) for n, p in policy.model.named_parameters())
     assert learner.kl_to_reference(rollouts) > 0
+    learner.save(tmp_path / "full")
+    resumed = SlowLearner(tiny_policy(), lora=None, lr=1e-3, temperature=TEMPERATURE, kl_coef=0.01)
+    resumed.load(tmp_path / "full")
+    expected, got = learner.step(rollouts), resumed.step(rollouts)
+    assert got["loss"] == expected["loss"] and got["kl"] == expected["kl"]
+    for (name, a), b in zip(learner.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("loss", ["grpo_clip", "reinforce"])
