@@ -28,7 +28,10 @@ How a run is built (each layer degrades on its own, and the result says which we
 
 Where a layer is unavailable (no namespaces in a container, no cgroups for a non-root user, ...) the run goes
 on with what remains and ``result.isolation`` / ``result.notes`` say so; the fallback still has the session
-kill, rlimits, a private temporary working directory and the scrubbed environment.
+kill, rlimits, a private temporary working directory and the scrubbed environment, and as root still the
+uid change (the standard library is then reached through directory handles opened before it, if nobody
+cannot read the interpreter's directory). Not used: seccomp filters, so the kernel's whole system-call
+surface (including unprivileged user namespaces) stays reachable from the program.
 
 The zygote is one interpreter per parent process, started on first use; it forks a launcher per run, which
 saves the ~10-30 ms an interpreter start costs (``benchmarks/sandbox_throughput.py`` measures both).
@@ -824,6 +827,7 @@ class _Plan:
     pidns: bool = False
     mountns: bool = False
     userns_mode: bool = False
+    reach_hidden: bool = False
     workdir: str = ""
 
 
@@ -846,7 +850,8 @@ def _launch(config: dict[str, Any], status_fd: int, libc: _Libc | None = None) -
             except OSError as exc:
                 plan.notes.append(f"pids cgroup not joined ({exc.strerror})")
         else:
-            plan.notes.append("no pids cgroup (none writable here); RLIMIT_NPROC is the fork limit")
+            plan.notes.append("no pids cgroup (none writable here): RLIMIT_NPROC is the fork limit where it binds "
+                              "(not for root)")
         if config["isolate"]:
             _enter_namespaces(libc or _Libc(), config, plan)
         else:
@@ -876,13 +881,14 @@ def _enter_namespaces(libc: _Libc, config: dict[str, Any], plan: _Plan) -> None:
             _write_id_maps(0, uid, 0, gid)
             plan.userns_mode = True
             plan.isolation.append("userns")
-    except OSError as exc:
-        plan.notes.append(f"namespaces unavailable ({exc.strerror}): no network/mount/pid isolation")
-        if plan.root and not _hidden_prefixes():
-            plan.isolation.append("uid-nobody")  # the interpreter is reachable for nobody even without mounts
-        elif plan.root:
-            plan.notes.append("the interpreter lives where nobody cannot read it and there is no mount namespace "
-                              "to bind it elsewhere: the program runs as root")
+    except (OSError, AttributeError) as exc:  # AttributeError: a libc without unshare (not Linux)
+        reason = exc.strerror if isinstance(exc, OSError) else "no unshare() here"
+        plan.notes.append(f"namespaces unavailable ({reason}): no network/mount/pid isolation")
+        if plan.root:
+            # Still run as nobody. If nobody cannot reach the interpreter's directories (e.g. under /root), the
+            # program imports through directory handles opened while still root (see _reach_hidden_paths).
+            plan.isolation.append("uid-nobody")
+            plan.reach_hidden = bool(_hidden_prefixes())
         return
     plan.mountns = plan.pidns = True
     plan.isolation += ["netns", "pidns", "ipcns", "utsns", "mountns"]
@@ -972,6 +978,8 @@ def _reaper(config: dict[str, Any], plan: _Plan, code: bytes, status: _Status, l
                 plan.notes.append("/proc hidden (a fresh proc mount was refused)")
         if not plan.mountns and plan.root and "uid-nobody" in plan.isolation:
             os.chown(plan.workdir, NOBODY, NOBODY)  # the host temp dir is root's; the program (nobody) works in it
+            if plan.reach_hidden:
+                _reach_hidden_paths(plan)
         _drop_privileges(libc, plan)
         script = os.path.join(plan.workdir, _SCRIPT_NAME)
         if plan.mountns:
@@ -1000,6 +1008,27 @@ def _reaper(config: dict[str, Any], plan: _Plan, code: bytes, status: _Status, l
         with contextlib.suppress(BaseException):
             status.send(setup_error=f"{type(exc).__name__}: {exc}")
         os._exit(70)
+
+
+def _reach_hidden_paths(plan: _Plan) -> None:
+    """Point ``sys.path`` entries that nobody cannot reach at directory handles opened now, while still root.
+
+    ``/proc/self/fd/N`` is a magic link: following it does not re-check the (unreadable) directories above
+    the target, so imports keep working after the switch to nobody. Only the standard library is reached
+    this way; everything else above it stays unreadable.
+    """
+    hidden = tuple(a.rstrip("/") + "/" for a in _hidden_prefixes())
+    reached = []
+    for entry in sys.path:
+        if entry.startswith(hidden) and os.path.isdir(entry):
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)  # inherited by the program; counts toward NOFILE
+            reached.append(f"/proc/self/fd/{fd}")
+        elif not entry.startswith(hidden):
+            reached.append(entry)
+    sys.path[:] = reached
+    sys.path_importer_cache.clear()
+    plan.notes.append("the interpreter's directories are not readable by nobody and there is no mount namespace: "
+                      "the standard library is reached through directory handles opened before the uid change")
 
 
 def _drop_privileges(libc: _Libc, plan: _Plan) -> None:

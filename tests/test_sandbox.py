@@ -316,6 +316,27 @@ def test_cgroups_are_removed_after_runs():
     assert [d for d in os.listdir(base) if d.startswith(f"fst-sbx-{os.getpid()}-")] == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_without_namespaces_root_still_runs_the_program_as_nobody():
+    # Root without CAP_SYS_ADMIN (a default Docker container): no namespaces, but the uid change must hold,
+    # even when nobody cannot read the interpreter's own directory.
+    program = f"import os, json, decimal\nprint(os.getuid())\nopen({str(REPO / 'nocap_probe')!r}, 'w')\n"
+    script = ("import json\n"
+              "from fst_env.sandbox import run_python\n"
+              f"r = run_python({program!r})\n"
+              "print(json.dumps([r.status, r.stdout, r.error, list(r.isolation), list(r.notes)]))\n")
+    proc = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable, "-c",
+                           script], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    status, stdout, error, isolation, notes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "mountns" not in isolation and any("namespaces unavailable" in n for n in notes)
+    assert "uid-nobody" in isolation and stdout == "65534\n"
+    assert status == "error" and "Permission denied" in error
+    assert not (REPO / "nocap_probe").exists()
+
+
 def test_stale_run_dirs_of_dead_parents_are_swept(monkeypatch):
     import tempfile
 
