@@ -250,8 +250,11 @@ class SlowLearner:
     ``temperature`` must be the sampling temperature (1.0 for greedy-sampled data). ``kl_coef > 0`` adds
     ``kl_coef * k3-KL`` to the initial weights (with LoRA, the adapter-disabled model: no second copy; for
     full fine-tuning, a frozen copy is kept). ``track_kl`` (default: on with LoRA, where it is one extra
-    no-grad forward) reports that KL even when it is not penalised. ``lr`` defaults to 1e-5 with LoRA and
-    1e-6 for full fine-tuning.
+    no-grad forward) reports that KL even when it is not penalised. ``lr`` (AdamW) defaults to 1e-5 with
+    LoRA and 1e-6 for full fine-tuning. ``loss``: ``"cispo"`` (cap ``tau``), ``"grpo_clip"`` (``eps_low``,
+    ``eps_high``) or ``"reinforce"``. ``micro_batch_size`` rollouts go through each forward/backward (the
+    gradient is accumulated, so it does not change the update); ``max_grad_norm=None`` disables clipping;
+    ``seed`` fixes the LoRA initialisation.
     """
 
     def __init__(self, policy: Policy, *, lora: LoraSettings | None = DEFAULT_LORA, lr: float | None = None,
@@ -279,9 +282,9 @@ class SlowLearner:
                              "unwrapped policy (one learner per policy)")
         self.policy = policy
         self.settings = _Settings(
-            lora=lora, lr=lr if lr is not None else (1e-5 if lora else 1e-6), loss=loss, tau=tau, eps_low=eps_low,
-            eps_high=eps_high, kl_coef=kl_coef, max_grad_norm=max_grad_norm, micro_batch_size=micro_batch_size,
-            temperature=temperature, weight_decay=weight_decay,
+            lora=lora, lr=lr if lr is not None else (1e-5 if lora is not None else 1e-6), loss=loss, tau=tau,
+            eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef, max_grad_norm=max_grad_norm,
+            micro_batch_size=micro_batch_size, temperature=temperature, weight_decay=weight_decay,
             track_kl=(lora is not None or kl_coef > 0) if track_kl is None else bool(track_kl) or kl_coef > 0,
             seed=seed)
         self._reference: Any = None
@@ -333,6 +336,8 @@ class SlowLearner:
         """Per-token log-probs of each rollout's completion under the current weights (``reference=True``: the
         initial weights), at the learner's temperature, plus entropies when ``with_entropy``. No gradient."""
         _check_rollouts(rollouts)
+        if reference and with_entropy:
+            raise ValueError("SlowLearner.score: with_entropy is for the current weights only")
         logprobs: list[list[float]] = [[] for _ in rollouts]
         entropy: list[list[float]] | None = [[] for _ in rollouts] if with_entropy else None
         model = self.model
@@ -347,8 +352,6 @@ class SlowLearner:
                 with torch.no_grad():
                     if reference:
                         values, ent = self._reference_logprobs(batch), None
-                        if with_entropy:
-                            raise ValueError("SlowLearner.score: with_entropy is for the current weights only")
                     else:
                         values, ent = token_logprobs(model, batch, temperature=self.settings.temperature,
                                                      with_entropy=with_entropy)

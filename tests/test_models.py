@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +31,12 @@ def _logits(policy: Policy, text: str = "hello") -> torch.Tensor:
     ids = policy.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
         return policy.model(ids).logits
+
+
+def test_importing_the_package_and_backend_types_does_not_import_torch() -> None:
+    code = ("import sys, fst_env, fst_env.backends; from fst_env.backends import SamplingParams, Generation; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_tiny_policy_is_deterministic_and_leaves_global_rng_alone() -> None:
