@@ -677,7 +677,10 @@ class _Run:
                 return result("timeout", f"CPU time limit of {limits.cpu_limit_s} s exceeded")
             if any(w in stderr for w in memory_words):
                 return result("memory", f"memory limit of {limits.memory_mb} MB exceeded ({last_line[:200]})")
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
             return result("killed", f"the program was killed by {name}: {_SIGNAL_NOTES.get(sig, 'signal')}")
         if code == 0:
             return result("ok")

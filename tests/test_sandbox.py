@@ -84,6 +84,8 @@ def test_exit_codes_and_syntax_errors():
     assert (three.status, three.returncode) == ("error", 3)
     syntax = run_python("def f(:\n    pass\n")
     assert syntax.status == "error" and syntax.error.startswith("SyntaxError")
+    segv = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+    assert (segv.status, segv.returncode) == ("killed", -11) and "SIGSEGV" in segv.error
 
 
 @pytest.mark.parametrize("code", ["", "print('\ud800')", "print(1)\x00", "\x00\x01\xff garbage \u202e", "é" * 5000])
