@@ -1,0 +1,442 @@
+"""The paper's metrics: mean@k and running max, KL drift and entropy, continual-learning matrices, sigmoid fits.
+
+Everything here is numpy (plus scipy for :func:`fit_sigmoid`); torch is imported only inside
+:func:`policy_kl_and_entropy`, which needs a model, so curves and tables can be analysed without the training
+extras.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from fst_env.agents.fst_agent import FSTAgent
+    from fst_env.agents.slow import TokenBatch
+    from fst_env.context import Context
+
+__all__ = [
+    "ContinualMetrics", "RunningMax", "SigmoidFit", "base_weights", "base_weights_in_place", "continual_metrics",
+    "fit_sigmoid", "mean_at_k", "policy_kl_and_entropy", "running_max", "sample_efficiency_ratio",
+    "samples_to_reach", "score_tokens",
+]
+
+
+# ------------------------------------------------------------------------------------------ accuracy curves
+def mean_at_k(values: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """mean@k: the mean over problems of each problem's mean over its k samples.
+
+    ``values`` is a ``problems x k`` array of rewards or correctness (bools count as 0/1). Every problem has
+    the same k, so this equals the mean of all entries; NaN (a sample that was not scored) is a caller bug and
+    raises ValueError, as do an empty or non-2-D array.
+    """
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"mean_at_k: need a non-empty problems x k array, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("mean_at_k: values must be finite (every sample scored)")
+    return float(array.mean(axis=1).mean())
+
+
+def running_max(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The running maximum of a curve, ignoring NaN (a point not evaluated); NaN until the first real value."""
+    return np.fmax.accumulate(np.asarray(values, dtype=float)) if len(values) else np.zeros(0)
+
+
+class RunningMax:
+    """Running maximum of a metric, fed one value at a time (the paper's validation curves plot it for mean@4).
+
+    ``update(value, step)`` returns the maximum so far; NaN values (not evaluated) are ignored. ``value`` is
+    NaN and ``step`` None until the first real value; ``step`` is where the maximum was first reached.
+    """
+
+    def __init__(self) -> None:
+        self.value: float = math.nan
+        self.step: int | None = None
+        self.count = 0
+
+    def update(self, value: float, step: int | None = None) -> float:
+        """Fold in ``value`` (seen at ``step``, default: the number of updates so far); returns the maximum."""
+        value = float(value)
+        if math.isinf(value):
+            raise ValueError(f"RunningMax.update: value must be finite or NaN, got {value}")
+        at = self.count if step is None else step
+        self.count += 1
+        # Strictly greater: the step of a tie stays the earliest one, the point where the peak was first reached.
+        if not math.isnan(value) and (math.isnan(self.value) or value > self.value):
+            self.value, self.step = value, at
+        return self.value
+
+
+def samples_to_reach(samples: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+                     target: float) -> float:
+    """The first sample count at which a curve reaches ``target`` (``values >= target``); NaN if it never does.
+
+    Curves are read at their evaluation points, without interpolation; NaN values are skipped.
+    """
+    samples_arr, values_arr = _curve(samples, values, "samples_to_reach")
+    hits = np.flatnonzero(values_arr >= target)
+    return float(samples_arr[hits[0]]) if hits.size else math.nan
+
+
+def sample_efficiency_ratio(baseline_samples: Sequence[float] | np.ndarray,
+                            baseline_values: Sequence[float] | np.ndarray,
+                            method_samples: Sequence[float] | np.ndarray,
+                            method_values: Sequence[float] | np.ndarray) -> float:
+    """How many times fewer samples a method needs to match the baseline's peak (the paper's "3x" figure).
+
+    ``S_base / S_method``, where ``S_base`` is the sample count at which the baseline first reaches its own
+    peak and ``S_method`` the count at which the method first reaches that peak. NaN when the method never
+    reaches it; ``inf`` when it starts at or above it (``S_method == 0``).
+    """
+    base_s, base_v = _curve(baseline_samples, baseline_values, "sample_efficiency_ratio")
+    peak = float(np.nanmax(base_v)) if np.isfinite(base_v).any() else math.nan
+    if math.isnan(peak):
+        raise ValueError("sample_efficiency_ratio: the baseline curve has no finite value")
+    needed_base = samples_to_reach(base_s, base_v, peak)
+    needed_method = samples_to_reach(method_samples, method_values, peak)
+    if math.isnan(needed_method):
+        return math.nan
+    return math.inf if needed_method == 0 else needed_base / needed_method
+
+
+def _curve(samples: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+           where: str) -> tuple[np.ndarray, np.ndarray]:
+    s, v = np.asarray(samples, dtype=float), np.asarray(values, dtype=float)
+    if s.ndim != 1 or s.shape != v.shape or s.size == 0:
+        raise ValueError(f"{where}: samples and values must be 1-D, non-empty and of equal length, "
+                         f"got {s.shape} and {v.shape}")
+    if np.any(np.diff(s) < 0):
+        raise ValueError(f"{where}: samples must be non-decreasing (a curve in training order)")
+    return s, v
+
+
+# ------------------------------------------------------------------------------------------ KL and entropy
+@contextmanager
+def base_weights(agent: FSTAgent) -> Iterator[None]:
+    """Within the block, ``agent.backend`` generates with the agent's *base* weights, in place (no copy).
+
+    With a LoRA adapter this is ``backend.set_adapter(None)``, undone on exit (the adapter that was active is
+    set again). An agent without trained weights (slow channel off, no adapter) already serves its base
+    weights. Full fine-tuning changes the weights themselves: there the base is not available in place and
+    this raises ValueError (load a base policy instead).
+    """
+    model = agent.policy.model
+    if _has_adapter(model):
+        active = model.active_adapter
+        agent.backend.set_adapter(None)
+        try:
+            yield
+        finally:
+            agent.backend.set_adapter(active)
+    elif agent.slow is None:
+        yield
+    else:
+        raise ValueError("base_weights: the agent fine-tunes all weights (no LoRA adapter), so its base weights "
+                         "are not available in place; evaluate a freshly loaded base policy instead")
+
+
+def base_weights_in_place(agent: FSTAgent) -> bool:
+    """True when :func:`base_weights` can serve the agent's base weights without loading another model."""
+    return _has_adapter(agent.policy.model) or agent.slow is None
+
+
+def _has_adapter(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def score_tokens(model: Any, batch: TokenBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of ``batch.targets`` and exact per-token entropies, both [B, C] float32, no grad.
+
+    Both are of ``softmax(logits / temperature)`` over the full vocabulary (the entropy is
+    ``logsumexp(z) - sum softmax(z) * z``, not a sampled estimate). Padding positions hold junk: use
+    ``batch.mask``. This is the slow learner's ``token_logprobs``, the same quantity the trainer optimises.
+    """
+    import torch
+
+    from fst_env.agents.slow import token_logprobs
+
+    with torch.no_grad():
+        logprobs, entropy = token_logprobs(model, batch, temperature=temperature, with_entropy=True)
+    assert entropy is not None  # with_entropy=True always returns it
+    return logprobs.detach(), entropy
+
+
+def policy_kl_and_entropy(agent: FSTAgent, prompts: Sequence[str], *, max_new_tokens: int = 128,
+                          samples: int = 1, context: Context | None = None, seed: int = 0,
+                          micro_batch_size: int = 8) -> dict[str, float]:
+    """Per-token KL(policy || base) and policy entropy on held-out prompts, without a second model copy.
+
+    ``prompts`` are env observations (e.g. validation problems); each is wrapped with ``context`` by
+    ``agent.prompt_for`` (``None``: the population's best context, as :meth:`FSTAgent.evaluate` does; ``{}``:
+    no context). The same context is used under both weights, so the KL measures weight drift only: the
+    paper's "distance from the base model". ``samples`` completions per prompt are drawn through
+    ``agent.backend`` from the current policy at the training temperature (``config.temperature``; 1.0 when
+    it is 0) with no top-p / top-k, so they are exact samples of the policy the log-probs are taken under; the
+    backend must serve the current weights (in-process HF always does). Both log-probs are then recomputed at
+    that temperature on the policy's own module: current weights, then base weights, which are the same module
+    with its LoRA adapter disabled (peft's ``disable_adapter()``), the slow learner's frozen reference for full
+    fine-tuning, or the weights themselves when nothing is trained (PromptAgent: KL exactly 0).
+
+    Returns ``kl`` = mean over sampled tokens of ``log p(y_t) - log q(y_t)`` (unbiased for the per-token KL;
+    can be negative on few samples), ``kl_k3`` = mean of ``exp(log q - log p) - (log q - log p) - 1``
+    (unbiased, never negative, lower variance), ``entropy`` = mean over the same tokens of the exact entropy
+    of p at that position (nats), ``n_tokens``, ``n_sequences`` and ``mean_length`` (tokens per completion).
+    """
+    import torch
+
+    from fst_env.agents.rollout import Rollout
+    from fst_env.agents.slow import TokenBatch
+    from fst_env.backends.base import SamplingParams
+
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("policy_kl_and_entropy: prompts must be a non-empty list of str")
+    if samples < 1 or micro_batch_size < 1:
+        raise ValueError(f"policy_kl_and_entropy: samples and micro_batch_size must be >= 1, "
+                         f"got {samples} and {micro_batch_size}")
+    context = agent.population.best().context if context is None else context
+    temperature = float(agent.config.temperature) or 1.0
+    chat = [agent.prompt_for(str(p), context) for p in prompts for _ in range(samples)]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    generations = agent.backend.generate(chat, params)
+
+    model = agent.policy.model
+    pad = agent.policy.tokenizer.pad_token_id
+    pad = 0 if pad is None else pad
+    adapter = _has_adapter(model)
+    sums = {"kl": 0.0, "k3": 0.0, "entropy": 0.0, "tokens": 0.0}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(generations), micro_batch_size):
+            chunk = generations[start:start + micro_batch_size]
+            batch = TokenBatch.collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk], pad,
+                                       agent.policy.device)
+            current, entropy = score_tokens(model, batch, temperature)
+            if adapter:
+                with model.disable_adapter():
+                    base, _ = score_tokens(model, batch, temperature)
+            elif agent.slow is not None:
+                # Full fine-tuning: the slow learner holds the initial weights (a frozen copy it keeps anyway).
+                rollouts = [Rollout(group=f"kl/{start + i}", problem="", context_id=-1, context={},
+                                    completion=g.text, prompt_ids=list(g.prompt_ids),
+                                    completion_ids=list(g.completion_ids)) for i, g in enumerate(chunk)]
+                base = current.clone()
+                for row, values in enumerate(agent.slow.reference_logprobs(rollouts)):
+                    base[row, :len(values)] = torch.tensor(values, dtype=base.dtype)
+            else:
+                base = current  # nothing trained: the current weights are the base weights
+            _accumulate(sums, current, base, entropy, batch.mask)
+    finally:
+        model.train(was_training)
+    tokens = sums["tokens"]
+    return {"kl": sums["kl"] / tokens, "kl_k3": sums["k3"] / tokens, "entropy": sums["entropy"] / tokens,
+            "n_tokens": tokens, "n_sequences": float(len(generations)), "mean_length": tokens / len(generations)}
+
+
+def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tensor, entropy: torch.Tensor,
+                mask: torch.Tensor) -> None:
+    """Add one micro-batch's masked token sums (in float64: many small terms) to ``sums``."""
+    import torch
+
+    mask = mask.double()
+    delta = (base.double() - current.double()) * mask
+    sums["kl"] += float((-delta).sum())
+    sums["k3"] += float(((torch.exp(delta) - delta - 1) * mask).sum())
+    sums["entropy"] += float((entropy.double() * mask).sum())
+    sums["tokens"] += float(mask.sum())
+
+
+# ------------------------------------------------------------------------------------------ continual learning
+@dataclass(frozen=True)
+class ContinualMetrics:
+    """Summary of a continual-learning accuracy matrix (see :func:`continual_metrics` for the formulas).
+
+    Scalars are NaN when no term is defined; ``*_per_task`` arrays hold each task's term (NaN where it is
+    undefined or does not apply), and ``n_*`` count the terms each average is over.
+    """
+
+    average_accuracy: float
+    forgetting: float
+    backward_transfer: float
+    forward_transfer: float
+    n_average_accuracy: int
+    n_forgetting: int
+    n_backward_transfer: int
+    n_forward_transfer: int
+    forgetting_per_task: np.ndarray
+    backward_transfer_per_task: np.ndarray
+    forward_transfer_per_task: np.ndarray
+
+    def as_dict(self) -> dict[str, float]:
+        """The scalar fields (for logging)."""
+        return {k: float(v) for k, v in asdict(self).items() if not isinstance(v, np.ndarray)}
+
+
+def continual_metrics(accuracy: Sequence[Sequence[float]] | np.ndarray,
+                      baseline: Sequence[float] | np.ndarray | None = None) -> ContinualMetrics:
+    """Average accuracy, forgetting, backward and forward transfer of a ``T x T`` accuracy matrix.
+
+    ``accuracy[i, j]`` (``R[i, j]``) is the accuracy on task ``j`` after training stage ``i`` (task ``i`` is
+    trained in stage ``i``); ``baseline[j]`` (``b_j``) is the initial model's accuracy on task ``j``.
+    With ``T`` tasks (0-indexed):
+
+    - average accuracy ``ACC = mean_j R[T-1, j]`` (Lopez-Paz & Ranzato 2017);
+    - forgetting ``F = mean_{j < T-1} ( max_{l < T-1} R[l, j] - R[T-1, j] )`` (Chaudhry et al. 2018: the
+      best accuracy any earlier stage had on task ``j`` minus the final one; >= 0 up to noise);
+    - backward transfer ``BWT = mean_{j < T-1} ( R[T-1, j] - R[j, j] )`` (negative = forgetting);
+    - forward transfer ``FWT = mean_{j > 0} ( R[j-1, j] - b_j )`` (needs ``baseline``; NaN without it).
+
+    NaN marks an entry that was not evaluated. A term that needs a NaN entry is left out of its average (for
+    forgetting, the max runs over the earlier stages that were evaluated); an average with no terms left is
+    NaN. ``inf`` or a non-square matrix raises ValueError.
+    """
+    r = np.asarray(accuracy, dtype=float)
+    if r.ndim != 2 or r.shape[0] != r.shape[1] or r.shape[0] == 0:
+        raise ValueError(f"continual_metrics: accuracy must be a non-empty square T x T matrix (stage x task), "
+                         f"got shape {r.shape}")
+    if np.isinf(r).any():
+        raise ValueError("continual_metrics: accuracy entries must be finite or NaN (not evaluated)")
+    t = r.shape[0]
+    b = None
+    if baseline is not None:
+        b = np.asarray(baseline, dtype=float)
+        if b.shape != (t,):
+            raise ValueError(f"continual_metrics: baseline must have one entry per task ({t}), got shape {b.shape}")
+        if np.isinf(b).any():
+            raise ValueError("continual_metrics: baseline entries must be finite or NaN")
+
+    final = r[t - 1]
+    forgetting = np.full(t, np.nan)
+    backward = np.full(t, np.nan)
+    forward = np.full(t, np.nan)
+    for j in range(t - 1):
+        earlier = r[:t - 1, j]
+        if not np.isnan(final[j]) and not np.isnan(earlier).all():
+            forgetting[j] = np.nanmax(earlier) - final[j]
+        backward[j] = final[j] - r[j, j]  # NaN propagates when either entry is missing
+    if b is not None:
+        for j in range(1, t):
+            forward[j] = r[j - 1, j] - b[j]
+
+    def mean(values: np.ndarray) -> tuple[float, int]:
+        defined = values[~np.isnan(values)]
+        return (float(defined.mean()), int(defined.size)) if defined.size else (math.nan, 0)
+
+    acc, n_acc = mean(final)
+    f, n_f = mean(forgetting)
+    bwt, n_bwt = mean(backward)
+    fwt, n_fwt = mean(forward)
+    return ContinualMetrics(acc, f, bwt, fwt, n_acc, n_f, n_bwt, n_fwt, forgetting, backward, forward)
+
+
+# ------------------------------------------------------------------------------------------ sigmoid fits
+@dataclass(frozen=True)
+class SigmoidFit:
+    """A fitted ScaleRL-style saturating curve ``R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)``.
+
+    ``A`` is the asymptote, ``B`` the steepness, ``C_mid`` the compute (samples) at which half of the gain
+    ``A - R0`` is reached, ``R0`` the value at ``C = 0`` (fixed when given to :func:`fit_sigmoid`), ``r2`` the
+    coefficient of determination on the fitted points, ``n_points`` their number.
+    """
+
+    A: float
+    B: float
+    C_mid: float
+    R0: float
+    r2: float
+    n_points: int
+    r0_fixed: bool
+
+    def predict(self, samples: float | Sequence[float] | np.ndarray) -> float | np.ndarray:
+        """The curve at ``samples`` (a float for a scalar, else an array); ``C = 0`` gives ``R0``."""
+        values = _sigmoid(np.asarray(samples, dtype=float), self.A, self.B, self.C_mid, self.R0)
+        return float(values) if np.ndim(values) == 0 else values
+
+
+def _sigmoid(c: np.ndarray, a: float, b: float, c_mid: float, r0: float) -> np.ndarray:
+    # 1 / (1 + (C_mid / C)^B) = logistic(B (ln C - ln C_mid)), written with tanh: no overflow for any C or B,
+    # and ln 0 = -inf gives exactly 0 gain at C = 0.
+    with np.errstate(divide="ignore"):
+        z = b * (np.log(c) - math.log(c_mid))
+    return r0 + (a - r0) * 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def fit_sigmoid(samples: Sequence[float] | np.ndarray, accuracy: Sequence[float] | np.ndarray,
+                r0: float | None = None) -> SigmoidFit:
+    """Fit ``R - R0 = (A - R0) / (1 + (C_mid / C)^B)`` to an accuracy curve by least squares (scipy curve_fit).
+
+    ``samples`` (C, e.g. training samples or steps) must be >= 0; ``accuracy`` fractions in [0, 1]. ``r0``
+    fixes the starting value (ScaleRL fixes it to the initial model's accuracy); otherwise it is fitted too.
+    Bounds: ``0 <= A <= 1``, ``B`` in [1e-3, 100], ``C_mid`` in [1e-3, 1e3] x the range of positive C,
+    ``0 <= R0 <= 1``. Several starting points are tried and the lowest squared error kept, since a
+    4-parameter sigmoid on a short, noisy curve has local minima. Fewer than 4 finite points, fewer than 2
+    distinct positive C values, or values out of range raise ValueError.
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    c = np.asarray(samples, dtype=float)
+    y = np.asarray(accuracy, dtype=float)
+    if c.ndim != 1 or c.shape != y.shape:
+        raise ValueError(f"fit_sigmoid: samples and accuracy must be 1-D and of equal length, got {c.shape} and "
+                         f"{y.shape}")
+    keep = np.isfinite(c) & np.isfinite(y)
+    c, y = c[keep], y[keep]
+    if c.size < 4:
+        raise ValueError(f"fit_sigmoid: need at least 4 finite points to fit a 4-parameter sigmoid, got {c.size}")
+    if (c < 0).any():
+        raise ValueError("fit_sigmoid: samples must be >= 0")
+    if ((y < 0) | (y > 1)).any():
+        raise ValueError("fit_sigmoid: accuracy must be fractions in [0, 1] (divide percentages by 100)")
+    positive = np.unique(c[c > 0])
+    if positive.size < 2:
+        raise ValueError("fit_sigmoid: need at least 2 distinct positive sample counts to place the curve")
+    if r0 is not None and not 0 <= r0 <= 1:
+        raise ValueError(f"fit_sigmoid: r0 must be in [0, 1], got {r0}")
+
+    c_low, c_high = float(positive[0]) * 1e-3, float(positive[-1]) * 1e3
+    lower = [0.0, 1e-3, c_low]
+    upper = [1.0, 100.0, c_high]
+    if r0 is None:
+        lower.append(0.0)
+        upper.append(1.0)
+
+        def model(cc: np.ndarray, a: float, b: float, c_mid: float, r: float) -> np.ndarray:
+            return _sigmoid(cc, a, b, c_mid, r)
+    else:
+        def model(cc: np.ndarray, a: float, b: float, c_mid: float) -> np.ndarray:  # type: ignore[misc]
+            return _sigmoid(cc, a, b, c_mid, r0)
+
+    start_r0 = float(y[np.argmin(c)])
+    best: tuple[float, np.ndarray] | None = None
+    # Starting points: C_mid across the observed range (geometric), a few steepnesses, A at the best value seen.
+    for c_mid0 in np.geomspace(positive[0], positive[-1], 5):
+        for b0 in (0.5, 1.0, 3.0):
+            p0 = [min(max(float(y.max()), 1e-6), 1.0), b0, float(c_mid0)] + ([start_r0] if r0 is None else [])
+            try:
+                with warnings.catch_warnings():
+                    # Only the point estimate is used; an undetermined covariance (flat curve) is not an error.
+                    warnings.simplefilter("ignore", OptimizeWarning)
+                    params, _ = curve_fit(model, c, y, p0=p0, bounds=(lower, upper), maxfev=20000)
+            except (RuntimeError, ValueError):
+                continue  # this start did not converge; others will
+            sse = float(np.sum((model(c, *params) - y) ** 2))
+            if best is None or sse < best[0]:
+                best = (sse, params)
+    if best is None:
+        raise ValueError("fit_sigmoid: the least-squares fit did not converge from any starting point")
+    sse, params = best
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - sse / total if total > 0 else (1.0 if sse == 0 else math.nan)
+    a, b, c_mid = (float(v) for v in params[:3])
+    return SigmoidFit(A=a, B=b, C_mid=c_mid, R0=float(params[3]) if r0 is None else float(r0), r2=r2,
+                      n_points=int(c.size), r0_fixed=r0 is not None)
+
