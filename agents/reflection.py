@@ -6,7 +6,8 @@ feedback) and replies with a new instruction. Three sources are supported:
 - :func:`from_transformers`: a local ``transformers`` model (by default the policy's own base model: a peft
   model reflects with its adapter disabled, so the fast learner does not lean on the weights being trained);
 - :func:`from_openai`: any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, OpenAI...),
-  over plain ``urllib`` with retries and clear errors;
+  over plain ``urllib`` with retries and clear errors
+  (the HTTP core is :class:`fst_env.backends.openai.OpenAIClient`, shared with the OpenAI generation backend);
 - any plain callable ``str -> str``, used as is (:func:`as_reflection_lm`).
 
 :func:`parse_reflection_output` extracts the new text from a reply (gepa's fenced-block extractor) and rejects
@@ -18,17 +19,23 @@ generates).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable
 from typing import Any
 
 from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+from fst_env.backends.openai import (
+    EndpointAuthError,
+    EndpointConfigError,
+    EndpointError,
+    EndpointNotFoundError,
+    OpenAIClient,
+    chat_text,
+    first_choice,
+)
 
 #: What the fast learner calls: reflection prompt in, reply text out.
 ReflectionLM = Callable[[str], str]
@@ -123,9 +130,6 @@ def _is_peft_model(model: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI-compatible
-_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
 def from_openai(base_url: str, model: str, api_key: str | None = None, *, timeout: float = 120.0,
                 max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                 temperature: float | None = None, max_tokens: int | None = None,
@@ -134,22 +138,17 @@ def from_openai(base_url: str, model: str, api_key: str | None = None, *, timeou
     """A reflection LM calling ``POST {base_url}/chat/completions`` on an OpenAI-compatible server.
 
     ``base_url`` is the API root (e.g. ``http://localhost:8000/v1``). ``api_key`` defaults to the
-    ``OPENAI_API_KEY`` environment variable and may be absent (local servers). Connection errors, timeouts,
-    429 and 5xx are retried ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped,
-    or the server's ``Retry-After``); 401/403 raise :class:`ReflectionAuthError` and 404
-    :class:`ReflectionModelNotFoundError` at once, naming the URL and the model; other failures raise
-    :class:`ReflectionLMError`.
+    ``OPENAI_API_KEY`` environment variable and may be absent (local servers). The HTTP work is
+    :class:`fst_env.backends.openai.OpenAIClient`'s: connection errors, timeouts, 429 and 5xx are retried
+    ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped, or the server's
+    ``Retry-After``); 401/403 raise :class:`ReflectionAuthError` and 404 :class:`ReflectionModelNotFoundError` at
+    once, naming the URL and the model; other failures raise :class:`ReflectionLMError`.
     """
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ValueError(f"from_openai: base_url must be an http(s) URL such as http://localhost:8000/v1, "
-                         f"got {base_url!r}")
-    if max_retries < 0:
-        raise ValueError(f"from_openai: max_retries must be >= 0, got {max_retries}")
-    url = base_url.rstrip("/") + "/chat/completions"
-    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    try:
+        client = OpenAIClient(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff_s,
+                              max_backoff=max_backoff_s, label="reflection endpoint", sleep=sleep)
+    except ValueError as err:
+        raise ValueError(f"from_openai: {err}") from None
 
     def reflect(prompt: str) -> str:
         if not isinstance(prompt, str):
@@ -160,78 +159,25 @@ def from_openai(base_url: str, model: str, api_key: str | None = None, *, timeou
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         body.update(extra_body or {})
-        data = json.dumps(body).encode("utf-8")
-        last_problem = ""
-        for attempt in range(max_retries + 1):
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-            retry_after: float | None = None
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    return _chat_content(response.read(), url, model)
-            except urllib.error.HTTPError as err:
-                detail = _error_detail(err)
-                if err.code in (401, 403):
-                    raise ReflectionAuthError(f"reflection endpoint {url} refused the credentials for model "
-                                              f"{model!r} (HTTP {err.code}): {detail}. Check api_key "
-                                              f"(or OPENAI_API_KEY).") from None
-                if err.code == 404:
-                    raise ReflectionModelNotFoundError(f"reflection endpoint {url} answered 404 for model {model!r}:"
-                                                       f" {detail}. Check base_url (it should end in /v1) and "
-                                                       f"the model name the server serves.") from None
-                if err.code not in _RETRY_STATUS:
-                    raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) answered HTTP {err.code}:"
-                                            f" {detail}") from None
-                last_problem = f"HTTP {err.code}: {detail}"
-                retry_after = _retry_after(err)
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-                # URLError wraps refused connections and DNS failures; TimeoutError covers read timeouts.
-                last_problem = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-            if attempt < max_retries:
-                delay = retry_after if retry_after is not None else backoff_s * (2 ** attempt)
-                sleep(min(delay, max_backoff_s))
-        raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) failed after {max_retries + 1} "
-                                f"attempts; last error: {last_problem}")
+        try:
+            reply = client.post("/chat/completions", body, model=model)
+            return chat_text(first_choice(reply, client.where("/chat/completions", model)),
+                             client.where("/chat/completions", model))
+        except EndpointError as err:
+            raise _reflection_error(err) from None
 
     return reflect
 
 
-def _chat_content(raw: bytes, url: str, model: str) -> str:
-    """The assistant text of a chat-completions response body."""
-    try:
-        payload = json.loads(raw.decode("utf-8"))
-        content = payload["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        snippet = raw[:300].decode("utf-8", errors="replace")
-        raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) sent a reply without "
-                                f"choices[0].message.content ({type(err).__name__}): {snippet!r}") from None
-    if content is None:
-        return ""
-    if not isinstance(content, str):
-        raise ReflectionLMError(f"reflection endpoint {url} (model {model!r}) sent non-text content: {content!r:.300}")
-    return content
-
-
-def _error_detail(err: urllib.error.HTTPError) -> str:
-    """The server's error message (OpenAI-style ``{"error": {"message": ...}}`` or the raw body), shortened."""
-    try:
-        raw = err.read()
-    except OSError:
-        raw = b""
-    text = raw.decode("utf-8", errors="replace").strip()
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        payload = json.loads(text)
-        message = payload.get("error", payload)
-        text = message.get("message", text) if isinstance(message, dict) else str(message)
-    return (text or err.reason or "no details")[:300]
-
-
-def _retry_after(err: urllib.error.HTTPError) -> float | None:
-    """The ``Retry-After`` header in seconds, when the server sent a numeric one."""
-    value = err.headers.get("Retry-After") if err.headers else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _reflection_error(err: EndpointError) -> ReflectionLMError:
+    """The reflection-side error for an endpoint error (same message; the fast learner branches on these types)."""
+    if isinstance(err, EndpointAuthError):
+        return ReflectionAuthError(str(err))
+    if isinstance(err, EndpointNotFoundError):
+        return ReflectionModelNotFoundError(str(err))
+    if isinstance(err, EndpointConfigError):
+        return ReflectionConfigError(str(err))
+    return ReflectionLMError(str(err))
 
 
 # ---------------------------------------------------------------------------------------------- reply parsing

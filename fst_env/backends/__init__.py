@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["BACKENDS", "Generation", "GenerationBackend", "HFBackend", "SamplingParams", "make_backend"]
 
 #: Backend names accepted by :func:`make_backend` (the ``backend`` field of a run's config).
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "openai")
 
 
 def make_backend(name: str, policy: Any, **kwargs: Any) -> GenerationBackend:
@@ -24,6 +24,10 @@ def make_backend(name: str, policy: Any, **kwargs: Any) -> GenerationBackend:
         from fst_env.backends.hf import HFBackend
 
         return HFBackend(policy, **kwargs)
+    if name == "openai":  # the endpoint serves its own weights; the policy only lends its tokenizer
+        from fst_env.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.for_policy(policy, **kwargs)
     raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
 
 
