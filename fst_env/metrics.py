@@ -1,8 +1,8 @@
 """The paper's metrics: mean@k and running max, KL drift and entropy, continual-learning matrices, sigmoid fits.
 
-Everything here is numpy (plus scipy for :func:`fit_sigmoid`); torch is imported only inside
-:func:`policy_kl_and_entropy`, which needs a model, so curves and tables can be analysed without the training
-extras.
+Everything here is numpy (plus scipy for :func:`fit_sigmoid`); torch is imported only inside the functions
+that run a model (:func:`policy_kl_and_entropy`, :func:`score_tokens`), so curves and tables can be analysed
+without the training extras.
 """
 
 from __future__ import annotations

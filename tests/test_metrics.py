@@ -2,6 +2,8 @@
 
 import copy
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -299,3 +301,8 @@ def test_policy_kl_and_entropy_bad_input():
             policy_kl_and_entropy(agent, bad)
     with pytest.raises(ValueError, match="samples"):
         policy_kl_and_entropy(agent, PROMPTS, samples=0)
+
+
+def test_importing_metrics_does_not_import_torch():
+    code = "import sys, fst_env.metrics; assert 'torch' not in sys.modules and 'scipy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
