@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["BACKENDS", "Generation", "GenerationBackend", "HFBackend", "SamplingParams", "make_backend"]
 
 #: Backend names accepted by :func:`make_backend` (the ``backend`` field of a run's config).
-BACKENDS = ("hf", "openai")
+BACKENDS = ("hf", "openai", "vllm")
 
 
 def make_backend(name: str, policy: Any, **kwargs: Any) -> GenerationBackend:
@@ -28,6 +28,10 @@ def make_backend(name: str, policy: Any, **kwargs: Any) -> GenerationBackend:
         from fst_env.backends.openai import OpenAIBackend
 
         return OpenAIBackend.for_policy(policy, **kwargs)
+    if name == "vllm":  # a separate copy of the weights: sync with backend.update_weights(...) after a slow step
+        from fst_env.backends.vllm import VLLMBackend
+
+        return VLLMBackend(policy, **kwargs)
     raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
 
 
