@@ -1,0 +1,425 @@
+"""fst envs as a TRL GRPO source, and FSTGRPOTrainer (CISPO + mixed contexts + fast rounds) on a tiny model (CPU)."""
+
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import trl
+from peft import LoraConfig
+from transformers import TrainerState
+
+import fst_env
+from fst_env.agents.fast import NotesFastLearner, ScoreAcceptance
+from fst_env.agents.population import ContextPopulation
+from fst_env.agents.rollout import Rollout
+from fst_env.context import render_context
+from fst_env.core import VERDICTS
+from fst_env.integrations import trl as fst_trl
+from fst_env.integrations.trl import (
+    DEFAULT_EPSILON_HIGH,
+    FST_STATE_NAME,
+    NO_CONTEXT_ID,
+    EnvReward,
+    FeedbackBuffer,
+    FSTGRPOTrainer,
+    check_trl_version,
+    completion_text,
+    env_dataset,
+    fst_grpo_config,
+    parse_problem_key,
+    problem_key,
+    with_context,
+)
+from fst_env.models import tiny_policy
+
+ENV_ID = "fsttest/TrlCharset-v0"
+ADVICE = "Use only letters and digits in the answer."
+G = 4  # num_generations
+ROWS = 8  # per_device_train_batch_size: two problems per step
+
+
+def _charset_reward(response: str, problem: dict) -> tuple[float, str]:
+    """A graded reward, so groups of a random model's completions have non-zero reward variance."""
+    text = response.strip()
+    good = sum(ch.isascii() and ch.isalnum() for ch in text) / len(text)
+    if good >= 1.0:
+        return 1.0, "Correct: only letters and digits."
+    return good, f"Only {good:.0%} of the characters are letters or digits. {ADVICE}"
+
+
+fst_env.register_task(ENV_ID, {"train": [{"prompt": f"Name item {i}."} for i in range(6)],
+                               "validation": [{"prompt": f"Name thing {i}."} for i in range(4)]},
+                      _charset_reward, summary="test task: answer with letters and digits only")
+
+SEED_CONTEXT = {"instructions": "Answer in one word."}
+SECOND_CONTEXT = {"instructions": "Reply with letters only."}
+
+
+def _config(output_dir: Path, **overrides) -> trl.GRPOConfig:
+    settings = dict(max_steps=2, per_device_train_batch_size=ROWS, num_generations=G, max_completion_length=8,
+                    report_to=[], bf16=False, gradient_checkpointing=False, logging_steps=1, use_cpu=True,
+                    save_strategy="no", learning_rate=1e-3, seed=0)
+    settings.update(overrides)
+    return fst_grpo_config(str(output_dir), **settings)
+
+
+def _population() -> ContextPopulation:
+    population = ContextPopulation(dict(SEED_CONTEXT), max_size=4)
+    population.add(dict(SECOND_CONTEXT), parent_id=0, scores={})
+    return population
+
+
+def _accept_all_notes() -> NotesFastLearner:
+    # Accept every proposal: with a random tiny model a better minibatch score is luck, and this test is about the
+    # plumbing (feedback -> notes -> population -> prompts), not about the notes helping.
+    return NotesFastLearner(minibatch_size=2, proposals_per_round=1, seed=0,
+                            acceptance=ScoreAcceptance(lambda before, after: True, "accept-all"))
+
+
+def _trainer(tmp_path: Path, **kwargs) -> FSTGRPOTrainer:
+    policy = tiny_policy(0)
+    kwargs.setdefault("population", _population())
+    return FSTGRPOTrainer(policy.model, ENV_ID, kwargs.pop("args", None) or _config(tmp_path),
+                          processing_class=policy.tokenizer, **kwargs)
+
+
+# ============================================================================================== version pin
+def test_trl_version_check_accepts_only_the_tested_minor():
+    check_trl_version("1.16.0")
+    check_trl_version("1.16.4")
+    for version in ("1.15.2", "1.17.0", "1.17.0.dev0", "2.0.0", "0.29.1"):
+        with pytest.raises(ImportError, match=re.escape(version)) as err:
+            check_trl_version(version)
+        assert "trl>=1.16,<1.17" in str(err.value)
+
+
+def test_module_refuses_to_import_under_another_trl(monkeypatch):
+    # Execute the module's source under a throwaway name with a faked trl version: the check runs at import.
+    monkeypatch.setattr(trl, "__version__", "1.17.0")
+    spec = importlib.util.spec_from_file_location("fst_trl_version_probe", fst_trl.__file__)
+    with pytest.raises(ImportError, match=re.escape("but trl 1.17.0 is installed")):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+# ============================================================================================== dataset
+def test_env_dataset_rows_are_conversational_prompts_with_env_columns():
+    context = {"instructions": "Be brief.", "notes": "- digits only"}
+    data = env_dataset(ENV_ID, "train", 3, context, context_id=7)
+    assert set(data.column_names) == {"prompt", "env_id", "split", "problem_id", "problem_key", "context_id",
+                                      "context"}
+    row = data[2]
+    assert row["prompt"] == [{"role": "system", "content": render_context(context)},
+                             {"role": "user", "content": "Name item 2."}]
+    assert (row["env_id"], row["split"], row["problem_id"], row["context_id"]) == (ENV_ID, "train", 2, 7)
+    assert row["problem_key"] == problem_key(ENV_ID, "train", 2) == f"{ENV_ID}/train/2"
+    assert json.loads(row["context"]) == context
+    plain = env_dataset(ENV_ID, "validation")
+    assert len(plain) == 4  # the whole split by default
+    assert plain[0]["prompt"] == [{"role": "user", "content": "Name thing 0."}]
+    assert plain[0]["context_id"] == NO_CONTEXT_ID and json.loads(plain[0]["context"]) == {}
+    assert env_dataset(ENV_ID, "train", 3, context).to_list() == env_dataset(ENV_ID, "train", 3, context).to_list()
+
+
+def test_env_dataset_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="holds 6 problems"):
+        env_dataset(ENV_ID, "train", 7)
+    with pytest.raises(ValueError, match="num_problems"):
+        env_dataset(ENV_ID, "train", 0)
+    with pytest.raises(ValueError, match="split"):
+        env_dataset(ENV_ID, "dev", 2)
+
+
+def test_prompt_helpers():
+    prompt = [{"role": "system", "content": "old"}, {"role": "user", "content": "Q"}]
+    assert with_context(prompt, SEED_CONTEXT) == [{"role": "system", "content": "Answer in one word."},
+                                                  {"role": "user", "content": "Q"}]
+    assert with_context(prompt, {}) == [{"role": "user", "content": "Q"}]
+    assert prompt[0]["content"] == "old"  # not modified in place
+    assert with_context("Q", SEED_CONTEXT) == "Answer in one word.\n\nQ"
+    with pytest.raises(TypeError):
+        with_context(42, SEED_CONTEXT)
+    assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"},
+                                                              {"type": "text", "text": "b"}]}]) == "ab"
+    assert completion_text("raw") == "raw"
+    with pytest.raises(TypeError, match="EnvReward"):
+        completion_text(3.5)
+    assert parse_problem_key("fst/MathReasoning-v0/validation/12") == ("fst/MathReasoning-v0", "validation", 12)
+    for bad in ("nokey", "fst/X-v0/dev/1", "fst/X-v0/train/one"):
+        with pytest.raises(ValueError, match="problem key"):
+            parse_problem_key(bad)
+
+
+# ============================================================================================== reward
+def _columns(data, rows):
+    return {name: [data[i][name] for i in rows] for name in data.column_names if name != "prompt"}
+
+
+def test_env_reward_scores_like_the_env_and_records_feedback():
+    data = env_dataset(ENV_ID, "train", 3, SEED_CONTEXT, context_id=0)
+    buffer = FeedbackBuffer()
+    reward = EnvReward(ENV_ID, buffer)
+    completions = ["abc123", "a-b!", "", "x\ud800\x00" * 3]
+    rows = [0, 1, 1, 2]
+    logged: dict[str, list[float]] = {}
+    state = TrainerState()
+    state.global_step = 5
+    rewards = reward(prompts=[data[i]["prompt"] for i in rows],
+                     completions=[[{"role": "assistant", "content": c}] for c in completions],
+                     completion_ids=[[1, 2], [3], [], [4]], trainer_state=state, log_extra=lambda *a: None,
+                     log_metric=lambda name, value: logged.setdefault(name, []).append(value), **_columns(data, rows))
+    assert rewards[0] == 1.0
+    assert rewards[1] == pytest.approx(0.5)
+    assert rewards[2] == 0.0  # empty: the env judges a format error without calling the reward
+    assert rewards[3] == pytest.approx(1 / 3)  # a lone surrogate and NUL are just wrong characters
+    records = buffer.recent()
+    assert [r.group for r in records] == [f"{ENV_ID}/train/{i}" for i in rows]
+    assert records[0].verdict == "correct" and records[1].verdict == "incorrect"
+    assert records[2].verdict == "format_error" and "empty" in records[2].feedback
+    assert ADVICE in records[1].feedback and ADVICE in records[3].feedback
+    assert all(r.verdict in VERDICTS and r.feedback for r in records)
+    assert all(r.context_id == 0 and r.context == SEED_CONTEXT for r in records)
+    assert records[1].problem == "Name item 1." and records[1].completion == "a-b!"
+    assert records[0].completion_ids == [1, 2] and records[0].info["step"] == 5
+    assert buffer.get(f"{ENV_ID}/train/1", 0) == records[1:3]
+    assert logged == {"fst/correct_frac": [0.25], "fst/format_error_frac": [0.25]}
+
+
+def test_env_reward_other_envs_stale_prompts_and_bad_input():
+    reward = EnvReward(ENV_ID)
+    data = env_dataset(ENV_ID, "train", 2)
+    columns = _columns(data, [0, 1])
+    columns["env_id"] = ["fst/Other-v0", ENV_ID]
+    out = reward(prompts=[data[0]["prompt"], data[1]["prompt"]], completions=["abc", "abc"], **columns)
+    assert out == [None, 1.0]  # TRL turns None into NaN: the other env's reward function scores that row
+    assert len(reward.feedback_buffer) == 1
+    with pytest.raises(ValueError, match="does not show that problem"):
+        reward(prompts=[[{"role": "user", "content": "Name item 5."}]], completions=["abc"],
+               **_columns(data, [0]))
+    assert EnvReward(ENV_ID, check_prompts=False)(prompts=[[{"role": "user", "content": "reworded"}]],
+                                                  completions=["abc"], **_columns(data, [0])) == [1.0]
+    with pytest.raises(KeyError, match="problem_id"):
+        reward(prompts=["x"], completions=["abc"])
+    with pytest.raises(TypeError, match="EnvReward"):
+        reward(prompts=None, completions=[123], problem_id=[0])
+    with pytest.raises(ValueError, match="multi-turn"):
+        EnvReward("fst/WordGuess-v0")
+    reward.recording = False
+    reward(prompts=None, completions=["abc"], problem_id=[0])
+    assert len(reward.feedback_buffer) == 1
+
+
+def test_feedback_buffer_keys_order_capacity_and_state():
+    buffer = FeedbackBuffer(max_records=3)
+    rollouts = [Rollout(group=f"e/train/{i % 2}", problem="p", context_id=i % 3, context={}, completion=str(i),
+                        reward=i / 10, feedback="f", verdict="incorrect") for i in range(5)]
+    buffer.extend(rollouts[:2])
+    mark = buffer.total_added
+    buffer.extend(rollouts[2:])
+    assert len(buffer) == 3 and buffer.total_added == 5
+    assert buffer.recent() == rollouts[2:] and buffer.recent(2) == rollouts[3:]
+    assert buffer.since(mark) == rollouts[2:]
+    assert buffer.problem_keys() == ["e/train/0", "e/train/1"]  # most recent first
+    assert buffer.get("e/train/0", 1) == [rollouts[4]]
+    assert set(buffer.by_key()) == {("e/train/0", 2), ("e/train/1", 0), ("e/train/0", 1)}
+    copy = FeedbackBuffer()
+    copy.load_state_dict(json.loads(json.dumps(buffer.state_dict())))
+    assert copy.recent() == buffer.recent() and copy.total_added == 5 and copy.max_records == 3
+    with pytest.raises(TypeError):
+        buffer.add("not a rollout")
+    with pytest.raises(ValueError):
+        FeedbackBuffer(0)
+
+
+# ============================================================================================== objective
+def test_fst_config_defaults_to_cispo_with_tau(tmp_path):
+    args = fst_grpo_config(str(tmp_path), report_to=[], bf16=False, use_cpu=True)
+    assert (args.loss_type, args.epsilon_high, args.beta, args.scale_rewards) == ("cispo", DEFAULT_EPSILON_HIGH,
+                                                                                  0.0, "group")
+    assert fst_grpo_config(str(tmp_path), epsilon_high=5.0, bf16=False, use_cpu=True).epsilon_high == 5.0
+
+
+def test_trainer_refuses_cispo_without_cap_other_losses_and_server_mixing(tmp_path):
+    cases = [(dict(loss_type="cispo", epsilon_high=None), "explicit epsilon_high"),
+             (dict(loss_type="dapo"), "CISPO"),
+             (dict(use_vllm=True, vllm_mode="server"), "server mode")]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _trainer(tmp_path, args=_config(tmp_path, **overrides))
+
+
+# ============================================================================================== a short run
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two CISPO steps of a LoRA tiny model with two contexts, a fast round after each, TensorBoard on."""
+    out = tmp_path_factory.mktemp("fst_grpo")
+    broadcasts = []
+    real_broadcast = fst_trl.broadcast_object_list
+
+    def recording_broadcast(objects, from_process=0):
+        broadcasts.append(json.dumps(objects[0]["population"], sort_keys=True))
+        return real_broadcast(objects, from_process=from_process)
+
+    fst_trl.broadcast_object_list = recording_broadcast
+    try:
+        trainer = _trainer(out, args=_config(out, report_to=["tensorboard"], save_strategy="steps", save_steps=2),
+                           fast_learner=_accept_all_notes(), fast_every=1, fast_problems=2,
+                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        trainer.train()
+    finally:
+        fst_trl.broadcast_object_list = real_broadcast
+    return {"trainer": trainer, "out": out, "broadcasts": broadcasts}
+
+
+def test_run_uses_cispo_with_the_requested_cap(run):
+    trainer = run["trainer"]
+    assert trainer.args.loss_type == trainer.loss_type == "cispo"
+    assert trainer.args.epsilon_high == trainer.epsilon_high == DEFAULT_EPSILON_HIGH
+    step_logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in step_logs] == [1, 2]
+    # cispo_clip_ratio is only logged by the cispo branch of GRPOTrainer._compute_loss.
+    assert all("cispo_clip_ratio" in e and math.isfinite(e["loss"]) for e in step_logs)
+    assert any(e["grad_norm"] > 0 for e in step_logs)
+
+
+def test_contexts_are_mixed_within_each_group(run):
+    trainer = run["trainer"]
+    first = trainer.feedback_buffer.recent()[:ROWS]  # step 1's batch, generated before any fast round
+    for start in range(0, ROWS, G):
+        group = first[start:start + G]
+        assert len({r.group for r in group}) == 1
+        ids = sorted(r.context_id for r in group)
+        assert ids == [0, 0, 1, 1]  # G/K = 2 rollouts per context
+        assert {r.context_id: r.context for r in group} == {0: SEED_CONTEXT, 1: SECOND_CONTEXT}
+    # The prompts TRL generated from in the last step: one user message per group, several system messages.
+    prompts = list(trainer._logs["prompt"])
+    assert len(prompts) == ROWS
+    for start in range(0, ROWS, G):
+        group = prompts[start:start + G]
+        assert len({p[-1]["content"] for p in group}) == 1
+        assert len({p[0]["content"] for p in group}) >= 2 and all(p[0]["role"] == "system" for p in group)
+
+
+def test_one_advantage_per_problem_across_its_contexts(run):
+    trainer = run["trainer"]
+    last = trainer.feedback_buffer.recent(ROWS)  # the last batch, in TRL's row order
+    rewards = torch.tensor([r.reward for r in last]).view(-1, G)
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True)  # Bessel-corrected, as TRL's nanstd
+    expected = ((rewards - mean) / (std + 1e-4)).flatten()
+    assert torch.allclose(torch.tensor(list(trainer._logs["advantages"])), expected, atol=1e-5)
+    assert (std > 0).any(), "the graded reward should give at least one group reward variance"
+    for start in range(0, ROWS, G):
+        assert len({r.context_id for r in last[start:start + G]}) >= 2
+
+
+def test_rewards_and_feedback_land_in_the_buffer(run):
+    trainer = run["trainer"]
+    records = trainer.feedback_buffer.recent()
+    assert len(records) == 2 * ROWS and trainer.feedback_buffer.total_added == 2 * ROWS
+    check = EnvReward(ENV_ID)
+    for r in records:
+        env_id, split, pid = parse_problem_key(r.group)
+        assert (env_id, split) == (ENV_ID, "train")
+        assert r.verdict in VERDICTS and r.feedback
+        assert r.reward == check.judge(split, pid, r.completion).reward
+        assert r.info["step"] in (0, 1)
+    assert {r.info["step"] for r in records} == {0, 1}
+
+
+def test_fast_rounds_change_the_population_reuse_rollouts_and_reach_the_next_prompts(run):
+    trainer = run["trainer"]
+    assert trainer.fst_counters["fast_rounds"] == 2 and len(trainer.fast_history) == 2
+    assert all(h["rollouts_reused"] > 0 for h in trainer.fast_history)  # RL rollouts reused, not regenerated
+    assert trainer.fst_counters["rollouts_reused"] == sum(h["rollouts_reused"] for h in trainer.fast_history)
+    noted = [c for c in trainer.population if ADVICE in c.context.get("notes", "")]
+    assert noted and all(c.parent_id in (0, 1) and c.changed == ["notes"] for c in noted)
+    first_child = min(c.id for c in noted)
+    # The round after step 1 added a context; step 2's groups were generated with it.
+    second_batch = trainer.feedback_buffer.recent(ROWS)
+    assert first_child in {r.context_id for r in second_batch}
+    assert any(ADVICE in p[0]["content"] for p in trainer._logs["prompt"])
+
+
+def test_population_is_broadcast_every_round(run):
+    trainer, broadcasts = run["trainer"], run["broadcasts"]
+    assert len(broadcasts) == 2  # once per fast round (single process: a no-op that returns the same object)
+    assert json.loads(broadcasts[-1]) == trainer.population.state_dict()
+
+
+def test_fast_round_metrics_share_trl_tensorboard_run_and_steps(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer, out = run["trainer"], run["out"]
+    fast_logs = [e for e in trainer.state.log_history if "fast/n_proposals" in e]
+    assert [e["step"] for e in fast_logs] == [1, 2]
+    assert all(e["population/size"] >= 3 and e["budget/fast_rounds"] >= 1 for e in fast_logs)
+    runs = list((out / "runs").iterdir())
+    assert len(runs) == 1
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/fast/n_accepted", "train/fast/metric_calls", "train/population/size", "train/reward",
+            "train/loss", "train/fst/contexts_per_group", "train/fst/correct_frac"} <= tags
+    assert [s.step for s in events.Scalars("train/fast/n_accepted")] == [1, 2]
+
+
+def test_checkpoint_carries_the_population_and_resume_restores_it(run, tmp_path):
+    trainer, out = run["trainer"], run["out"]
+    saved = json.loads((out / "checkpoint-2" / FST_STATE_NAME).read_text())
+    assert saved["population"] == trainer.population.state_dict()
+    assert saved["counters"] == trainer.fst_counters and len(saved["buffer"]["records"]) == 2 * ROWS
+    fresh = _trainer(tmp_path, population=ContextPopulation(dict(SEED_CONTEXT), max_size=4),
+                     fast_learner=_accept_all_notes(), fast_every=1,
+                     peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert len(fresh.population) == 1
+    # What Trainer.train(resume_from_checkpoint=...) does before the first resumed step.
+    fresh.create_optimizer_and_scheduler(num_training_steps=2)
+    fresh._load_optimizer_and_scheduler(str(out / "checkpoint-2"))
+    assert fresh.population.state_dict() == trainer.population.state_dict()
+    assert fresh.fst_counters == trainer.fst_counters
+    assert fresh.fast_learner.state_dict() == trainer.fast_learner.state_dict()
+    assert fresh.feedback_buffer.recent() == trainer.feedback_buffer.recent()
+
+
+# ============================================================================================== vLLM plumbing
+FAKE_VLLM_TEXT = "ab!?"  # half letters: imperfect, so the fast round has failures to propose from
+
+
+class _FakeVLLM:
+    """Stands in for TRL's VLLMGeneration (vLLM cannot run here): records weight syncs and generations."""
+
+    def __init__(self, trainer):
+        self.trainer, self.calls = trainer, []
+
+    def sync_weights(self):
+        self.calls.append(("sync", self.trainer.state.global_step))
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        self.calls.append(("generate", len(prompts), num_generations))
+        ids = self.trainer.processing_class(FAKE_VLLM_TEXT, add_special_tokens=False)["input_ids"]
+        return prompts, [list(ids) for _ in prompts], [[[-0.1]] * len(ids) for _ in prompts], None
+
+
+def test_fast_round_syncs_vllm_weights_first_and_generates_through_it(tmp_path):
+    trainer = _trainer(tmp_path, fast_learner=_accept_all_notes(), fast_every=1)
+    data = env_dataset(ENV_ID, "train", 2)
+    trainer.env_reward(prompts=[data[i]["prompt"] for i in (0, 0, 1, 1)], completions=["a-b", "a!", "?", "x."],
+                       context_id=[0, 1, 0, 1], context=[json.dumps(SEED_CONTEXT), json.dumps(SECOND_CONTEXT)] * 2,
+                       **{k: v for k, v in _columns(data, [0, 0, 1, 1]).items() if k not in ("context_id", "context")})
+    fake = _FakeVLLM(trainer)
+    trainer.state.global_step = 3
+    trainer.use_vllm, trainer.vllm_mode, trainer.vllm_generation = True, "colocate", fake
+    scalars = trainer.fast_round()
+    assert fake.calls[0] == ("sync", 3) and trainer._last_loaded_step == 3
+    assert [c for c in fake.calls if c[0] == "sync"] == [("sync", 3)]  # fresh weights: no second push
+    generations = [c for c in fake.calls if c[0] == "generate"]
+    assert generations and all(n == 1 for _, _, n in generations)
+    assert scalars["fast/metric_calls"] == sum(c[1] for c in generations)
+    assert trainer.fast_history[0]["proposals"][0]["child_scores"] == [0.5, 0.5]  # scored on vLLM's completions
+    # Fast-round rollouts are not RL rollouts: they stay out of the buffer.
+    assert len(trainer.feedback_buffer) == 4 and all(r.completion != FAKE_VLLM_TEXT for r in trainer.feedback_buffer)
