@@ -4,7 +4,9 @@ import importlib.util
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -423,3 +425,60 @@ def test_fast_round_syncs_vllm_weights_first_and_generates_through_it(tmp_path):
     assert trainer.fast_history[0]["proposals"][0]["child_scores"] == [0.5, 0.5]  # scored on vLLM's completions
     # Fast-round rollouts are not RL rollouts: they stay out of the buffer.
     assert len(trainer.feedback_buffer) == 4 and all(r.completion != FAKE_VLLM_TEXT for r in trainer.feedback_buffer)
+
+
+# ============================================================================================== several processes
+def test_a_group_split_across_processes_gets_one_assignment(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, fast_every=0)
+    trainer.population.add({"instructions": "Third."}, parent_id=0, scores={})
+    trainer.fst_counters["generation_rounds"] = 5
+    whole = trainer.assign_contexts(12, G)  # one process holding 12 rows = 3 groups
+    halves = []
+    for rank in (0, 1):  # two processes holding 6 rows each: group 1 straddles them
+        monkeypatch.setattr(trainer, "accelerator", SimpleNamespace(process_index=rank))
+        halves += trainer.assign_contexts(6, G)
+    assert halves == whole
+    for start in range(0, 12, G):
+        assert sorted(Counter(whole[start:start + G]).values()) == [1, 1, 2]  # G // K each, one extra
+
+
+def test_main_process_gathers_every_processes_rollouts(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, fast_every=0)
+    mine = [Rollout(group=f"{ENV_ID}/train/0", problem="p", context_id=0, context={}, completion="m")]
+    theirs = [Rollout(group=f"{ENV_ID}/train/1", problem="p", context_id=1, context={}, completion="t")]
+    mark = trainer.feedback_buffer.total_added
+    trainer.feedback_buffer.extend(mine)
+    gathered = []
+    monkeypatch.setattr(fst_trl, "gather_object", lambda local: gathered.append(local) or [*local, *theirs])
+    for is_main in (False, True):
+        monkeypatch.setattr(trainer, "accelerator", SimpleNamespace(num_processes=2, is_main_process=is_main))
+        trainer._share_rollouts(mark)
+    assert gathered == [mine, mine]
+    assert trainer.feedback_buffer.recent() == [*mine, *theirs]  # added once, on the main process only
+
+
+def test_fast_generation_set_ups_that_would_hang_are_refused(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, fast_every=1)
+    monkeypatch.setattr(trainer, "accelerator", SimpleNamespace(num_processes=2))
+    monkeypatch.setattr(trainer, "_dist", SimpleNamespace(is_zero3=True, is_fsdp=False))
+    with pytest.raises(ValueError, match="ZeRO-3 or FSDP"):
+        trainer._check_fast_generation()
+    monkeypatch.setattr(trainer, "use_vllm", True)
+    monkeypatch.setattr(trainer, "vllm_mode", "colocate")
+    trainer._check_fast_generation()  # colocate, tensor_parallel_size=1: the main rank generates alone
+    monkeypatch.setattr(trainer, "vllm_tensor_parallel_size", 2)
+    with pytest.raises(ValueError, match="colocate TP>1"):
+        trainer._check_fast_generation()
+    monkeypatch.setattr(trainer, "fast_generate", lambda messages: ["x"] * len(messages))
+    trainer._check_fast_generation()  # the user's own generator takes the responsibility
+
+
+# ============================================================================================== evaluation
+def test_evaluation_uses_the_best_context_and_records_nothing(tmp_path):
+    trainer = _trainer(tmp_path, eval_dataset=env_dataset(ENV_ID, "validation"), fast_every=0)
+    trainer.population.set_scores(0, {"k": 0.2})
+    trainer.population.set_scores(1, {"k": 0.9})
+    metrics = trainer.evaluate()
+    assert "eval_reward" in metrics and len(trainer.feedback_buffer) == 0
+    prompts = list(trainer._logs["prompt"])
+    assert prompts and all(p[0]["content"] == SECOND_CONTEXT["instructions"] for p in prompts)
