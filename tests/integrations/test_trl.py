@@ -482,3 +482,23 @@ def test_evaluation_uses_the_best_context_and_records_nothing(tmp_path):
     assert "eval_reward" in metrics and len(trainer.feedback_buffer) == 0
     prompts = list(trainer._logs["prompt"])
     assert prompts and all(p[0]["content"] == SECOND_CONTEXT["instructions"] for p in prompts)
+
+
+# ============================================================================================== the multi-GPU recipe
+def test_multi_gpu_doc_script_runs_single_process_on_cpu(tmp_path):
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "multi_gpu.md").read_text()
+    script = re.search(r"Save as `train_fst_trl.py`:\n\n```python\n(.*?)```", doc, re.DOTALL).group(1)
+    path = tmp_path / "train_fst_trl.py"
+    path.write_text(script)
+    spec = importlib.util.spec_from_file_location("train_fst_trl", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model_dir = tiny_policy(0).save(tmp_path / "tiny")
+    trainer = module.main(["--model", str(model_dir), "--env", ENV_ID, "--cpu", "--output-dir", str(tmp_path / "out"),
+                           "--max-steps", "1", "--num-generations", "4", "--per-device-batch-size", "4",
+                           "--max-completion-length", "8", "--num-problems", "6", "--fast-every", "1",
+                           "--fast-problems", "1", "--report-to", "none", "--lora-rank", "4"])
+    assert trainer.state.global_step == 1 and trainer.fst_counters["fast_rounds"] == 1
+    assert (trainer.loss_type, trainer.epsilon_high) == ("cispo", 4.0)
+    assert any("loss" in e for e in trainer.state.log_history)
+    assert (tmp_path / "out" / "adapter_config.json").exists()  # save_model wrote the LoRA adapter
