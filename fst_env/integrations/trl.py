@@ -457,9 +457,10 @@ class FSTGRPOTrainer(GRPOTrainer):
       population's ``assign_group`` (G/K per context, the remainder to distinct random candidates), the same on
       every process; TRL then normalises the advantage once over the G rows, across contexts. Evaluation uses
       the population's best context for every row and records nothing in the buffer;
-    - every ``fast_every`` optimizer steps (0 = never) :meth:`fast_round` runs the fast learner on the main
-      process (problems = the ``fast_problems`` most recent buffer keys, recent rollouts = the buffer; its
-      evaluate fn generates with the trainer's current model), broadcasts the new population and learner state
+    - every ``fast_every`` optimizer steps (0 = never) :meth:`fast_round` runs the fast learner (default: an
+      LLM-free ``NotesFastLearner``; pass a ``ReflectiveFastLearner`` for reflection) on the main process
+      (problems = the ``fast_problems`` most recent buffer keys, recent rollouts = the buffer; its evaluate fn
+      generates with the trainer's current model), broadcasts the new population and learner state
       to every process, and logs the round's scalars through ``Trainer.log`` (so they reach every reporter in
       ``report_to``, TensorBoard included, at the current global step) as ``fast/...`` and ``budget/...``;
       with vLLM, the weights are synced to vLLM on every process before the round;
