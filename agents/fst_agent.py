@@ -234,11 +234,12 @@ class FSTAgent:
     def evaluate(self, env_id: str | None = None, *, split: str = "validation", problems: int = 16, k: int = 1,
                  context: Context | None = None, greedy: bool = False, **env_kwargs: Any) -> dict[str, float]:
         """mean@k accuracy (and mean reward) of the current weights with ``context`` (default: the best
-        context; pass ``{}`` for none) on the first ``problems`` problems of ``split``."""
+        context; pass ``{}`` for none) on the first ``problems`` problems of ``split`` (all, if it has fewer)."""
         env_id = env_id or self.env_id
         kwargs = env_kwargs or (self.env_kwargs if env_id == self.env_id else {})
         env = gym.make(env_id, split=split, **kwargs)
         context = self.population.best().context if context is None else context
+        problems = min(problems, env.unwrapped.num_problems())  # a small held-out split is used whole
         observations = [env.reset(options={"problem_id": p})[0] for p in range(problems)]
         prompts = [self.prompt_for(obs, context) for obs in observations for _ in range(k)]
         params = self.sampling()

@@ -261,26 +261,14 @@ def _rl_curve(agent: FSTAgent, steps: int, *, eval_problems: int, eval_every: in
 
 
 def _run_slow_steps(agent: FSTAgent, steps: int, *, seed: int) -> list[dict[str, Any]]:
-    """The minimal RL loop: G copies of one problem per act/step, until ``steps`` slow steps have run.
+    """``steps`` updates of the training loop's inner step; problems drawn from the train split by ``seed``."""
+    from fst_env.loop import run_update
 
-    Problems are drawn uniformly from the task's train split by ``numpy.random.default_rng(seed)``. (A private
-    stand-in for the training loop in ``fst_env.train``; the two should be merged there.)
-    """
-    group = agent.config.group_size
-    envs = gym.make_vec(agent.env_id, num_envs=group, vectorization_mode="sync", **agent.env_kwargs)
+    envs = gym.make_vec(agent.env_id, num_envs=agent.config.group_size, vectorization_mode="sync", **agent.env_kwargs)
     try:
         n_problems = envs.envs[0].unwrapped.num_problems()
         rng = np.random.default_rng(seed)
-        target = agent.counters["slow_steps"] + steps
-        history: list[dict[str, Any]] = []
-        while agent.counters["slow_steps"] < target:
-            observations, infos = envs.reset(options={"problem_id": int(rng.integers(n_problems))})
-            actions = agent.act(observations, infos)
-            _, rewards, _, _, infos = envs.step(actions)
-            agent.observe(rewards, infos)
-            metrics = agent.update()
-            if metrics:
-                history.append(metrics)
-        return history
+        return [run_update(agent, envs, rng.choice(n_problems, size=agent.config.groups_per_step, replace=False))
+                for _ in range(steps)]
     finally:
         envs.close()

@@ -1,0 +1,296 @@
+"""The ``fst`` command line: list envs, train, evaluate, compare FST with RL-only and fast-only, plot runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fst_env.config import DEFAULT_ENV, MODES, RunConfig, load_config
+from fst_env.loop import ConfigError
+
+EXAMPLES = {
+    "envs": """examples:
+  fst envs                          # every registered env with its card
+  fst envs --markdown               # the README table
+  fst envs fst/StarGraph-v0         # one card""",
+    "train": """examples:
+  fst train --steps 6                                   # FST on the embedded model, fst/MathReasoning-v0
+  fst train --mode rl --steps 20 --run-dir runs/rl      # RL only (slow weights), same everything else
+  fst train --env fst/MathReasoning-v0:difficulty=easy --env fst/StarGraph-v0 --steps 10   # continual: 2 stages
+  fst train --config run.toml --resume                  # continue a killed run from its last checkpoint
+  fst train --fast-learner reflective --reflection-model http://127.0.0.1:8000/v1 --reflection-api-model qwen
+
+Watch it: tensorboard --logdir RUN_DIR/tb ; plots: fst plot RUN_DIR""",
+    "eval": """examples:
+  fst eval --run-dir runs/fst                           # the run's latest checkpoint on its tasks
+  fst eval --model embedded --env fst/MathReasoning-v0 --problems 32 --k 4
+  fst eval --run-dir runs/fst --context none            # trained weights without the evolved context""",
+    "compare": """examples:
+  fst compare --steps 12 --run-dir runs/compare         # FST vs RL-only vs fast-only, same schedule and seeds
+  fst compare --config run.toml --run-dir runs/cmp""",
+    "plot": """examples:
+  fst plot runs/fst                                     # PNGs next to the run's files""",
+}
+
+
+def _parse_env(spec: str) -> tuple[str, dict[str, Any]]:
+    """``ID`` or ``ID:key=value,key=value`` (values parsed as JSON when they can be)."""
+    env_id, _, rest = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--env {spec}: expected key=value after ':', got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return env_id, kwargs
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a TOML/YAML/JSON run config (flags override it)")
+    parser.add_argument("--model", help="embedded (default), tiny (random test model), a directory or a model id")
+    parser.add_argument("--env", action="append", metavar="ID[:k=v,...]",
+                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV})")
+    parser.add_argument("--steps", type=int, help="updates per stage (default 6)")
+    parser.add_argument("--seed", type=int, help="run seed (default 0)")
+    parser.add_argument("--group-size", type=int, help="rollouts per problem, G (default 4)")
+    parser.add_argument("--groups-per-step", type=int, help="problems per slow step (default 2)")
+    parser.add_argument("--fast-every", type=int, help="a fast round every T updates (default 3)")
+    parser.add_argument("--population-size", type=int, help="contexts kept, K (default 4)")
+    parser.add_argument("--fast-learner", choices=("notes", "reflective"),
+                        help="notes: LLM-free, from env feedback (default); reflective: a reflection LM rewrites "
+                             "the context")
+    parser.add_argument("--reflection-model", help="reflection LM: an http(s) OpenAI-compatible base URL, a model "
+                                                   "dir/id; default: the policy's base model")
+    parser.add_argument("--reflection-api-model", help="model name at --reflection-model's endpoint")
+    parser.add_argument("--max-new-tokens", type=int, help="completion length cap (default 160)")
+    parser.add_argument("--eval-every", type=int, help="evaluate every N updates (0: stage ends only)")
+    parser.add_argument("--eval-problems", type=int, help="held-out problems per task and evaluation (default 16)")
+    parser.add_argument("--checkpoint-every", type=int, help="checkpoint every N updates (default: stage ends)")
+    parser.add_argument("--reset-population", action="store_true", help="reset the contexts at each stage start")
+
+
+# The CLI's own defaults: small enough that the README's main job finishes in minutes on a laptop CPU.
+CLI_AGENT_DEFAULTS = {"group_size": 4, "groups_per_step": 2, "fast_every": 3, "fast_learner": "notes",
+                      "max_new_tokens": 160, "fast_problems": 4, "fast_budget": 32, "proposals_per_round": 2}
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    config = load_config(args.config) if args.config else RunConfig(agent=dict(CLI_AGENT_DEFAULTS))
+    for name in ("model", "seed", "reflection_model", "reflection_api_model"):
+        if getattr(args, name, None) is not None:
+            setattr(config, name, getattr(args, name))
+    if getattr(args, "mode", None):
+        config.mode = args.mode
+    for flag in ("group_size", "groups_per_step", "fast_every", "population_size", "fast_learner",
+                 "max_new_tokens"):
+        if getattr(args, flag, None) is not None:
+            config.agent[flag] = getattr(args, flag)
+    for flag in ("eval_every", "eval_problems", "checkpoint_every"):
+        if getattr(args, flag, None) is not None:
+            config.schedule[flag] = getattr(args, flag)
+    if args.env:
+        config.stages = [{"env_id": env_id, "steps": args.steps or 6, "env_kwargs": kwargs}
+                         for env_id, kwargs in map(_parse_env, args.env)]
+    elif args.steps is not None:
+        for stage in config.stages:
+            stage["steps"] = args.steps
+    if args.reset_population:
+        for stage in config.stages:
+            stage["reset_population"] = True
+    return config.validate()
+
+
+def build_agent(config: RunConfig) -> Any:
+    """The agent a run config describes (policy loaded, learners built)."""
+    from fst_env.agents.fst_agent import FSTAgent
+    from fst_env.models import load_policy, tiny_policy
+
+    policy = tiny_policy(config.seed) if config.model == "tiny" else load_policy(config.model)
+    reflection = None
+    if config.reflection_model:
+        from fst_env.agents.reflection import from_openai, from_transformers
+
+        if config.reflection_model.startswith(("http://", "https://")):
+            if not config.reflection_api_model:
+                raise ConfigError("reflection_api_model: required with an http(s) --reflection-model")
+            reflection = from_openai(config.reflection_model, config.reflection_api_model)
+        else:
+            other = load_policy(config.reflection_model)
+            reflection = from_transformers(other.model, other.tokenizer, disable_adapter=False)
+    first = config.stages[0]
+    return FSTAgent(policy, first["env_id"], config.agent_config(), env_kwargs=first.get("env_kwargs", {}),
+                    reflection_lm=reflection)
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    import fst_env
+
+    if args.markdown:
+        print(fst_env.markdown_table())
+        return 0
+    ids = args.ids or fst_env.registered_ids()
+    for env_id in ids:
+        print(fst_env.describe(env_id), end="\n\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, mode_override: str | None = None) -> int:
+    from fst_env.loop import train
+    from fst_env.plots import plot_run
+
+    config = build_config(args)
+    if mode_override:
+        config.mode = mode_override
+    run_dir = Path(args.run_dir or f"runs/{config.mode}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.json"
+    if args.resume and saved.exists():
+        config = RunConfig.from_dict(json.loads(saved.read_text())).validate()
+    saved.write_text(json.dumps(config.to_dict(), indent=2))
+    agent = build_agent(config)
+    summary = train(agent, config.build_schedule(), run_dir=run_dir, seed=config.seed, resume=args.resume,
+                    quiet=args.quiet)
+    plots = plot_run(run_dir)
+    final = summary["accuracy_matrix"][-1] if summary["accuracy_matrix"] else {}
+    print(f"\nfinished {summary['steps']} updates ({config.mode}); held-out accuracy before -> after:")
+    for task, value in final.items():
+        print(f"  {task}: {summary['baseline'][task]:.3f} -> {value:.3f}")
+    print(f"best context:\n  {json.dumps(summary['best_context'])[:400]}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    print("plots: " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fst_env.loop import latest_checkpoint
+
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
+        agent = build_agent(config)
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConfigError(f"--run-dir: {run_dir} has no checkpoint yet")
+        agent.load(checkpoint / "agent")
+        tasks = [(s["env_id"], s.get("env_kwargs", {})) for s in config.stages]
+    else:
+        config = RunConfig(model=args.model or "embedded", agent=dict(CLI_AGENT_DEFAULTS), mode="rl")
+        config.stages = [{"env_id": e, "steps": 1, "env_kwargs": k} for e, k in map(_parse_env,
+                                                                                  args.env or [DEFAULT_ENV])]
+        agent = build_agent(config.validate())
+        tasks = [(s["env_id"], s["env_kwargs"]) for s in config.stages]
+    if args.env and args.run_dir:
+        tasks = list(map(_parse_env, args.env))
+    context = {"best": None, "none": {}, "seed": dict(agent.config.seed_context)}[args.context]
+    print(f"{'task':44} {'accuracy':>9} {'reward':>8}   (split={args.split}, problems={args.problems}, k={args.k}, "
+          f"context={args.context})")
+    for env_id, kwargs in tasks:
+        result = agent.evaluate(env_id, split=args.split, problems=args.problems, k=args.k, context=context,
+                                **kwargs)
+        print(f"{env_id:44} {result['accuracy']:9.3f} {result['reward_mean']:8.3f}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fst_env.plots import accuracy_matrix, accuracy_vs_samples, kl_vs_accuracy, load_summary
+
+    root = Path(args.run_dir or "runs/compare")
+    runs = {}
+    for mode in MODES:
+        args.run_dir = str(root / mode)
+        print(f"== {mode} ==")
+        cmd_train(args, mode_override=mode)
+        runs[mode] = root / mode
+    files = [accuracy_vs_samples(runs, root / "accuracy_vs_samples.png")]
+    kl = kl_vs_accuracy(runs, root / "kl_vs_accuracy.png")
+    files += [kl] if kl else []
+    files += [accuracy_matrix(path, root / f"accuracy_matrix_{mode}.png", title=mode) for mode, path in runs.items()]
+    lines = ["# fst compare", "", "| mode | task | baseline | final | samples |", "|---|---|---|---|---|"]
+    for mode, path in runs.items():
+        summary = load_summary(path)
+        final = summary["accuracy_matrix"][-1]
+        samples = summary["counters"]["rl_samples"] + summary["counters"]["fast_rollouts"]
+        for task, value in final.items():
+            lines.append(f"| {mode} | {task} | {summary['baseline'][task]:.3f} | {value:.3f} | {samples} |")
+    lines += ["", *[f"![{f.stem}]({f.name})" for f in files]]
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:-len(files) - 1]))
+    print(f"\nwrote {root / 'summary.md'} and {len(files)} plots")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fst_env.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fst", description="Fast-Slow Training for LLM agents.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="run `fst COMMAND --help` for each command's options and examples")
+    sub = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    envs = sub.add_parser("envs", help="list registered envs with their cards", epilog=EXAMPLES["envs"],
+                          formatter_class=formatter)
+    envs.add_argument("ids", nargs="*", help="env ids (default: all)")
+    envs.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
+    envs.set_defaults(func=cmd_envs)
+
+    train = sub.add_parser("train", help="train an agent (FST by default)", epilog=EXAMPLES["train"],
+                           formatter_class=formatter)
+    _add_run_options(train)
+    train.add_argument("--mode", choices=MODES, help="fst (both channels, default), rl (slow only), prompt (fast only)")
+    train.add_argument("--run-dir", help="where logs, checkpoints and plots go (default runs/MODE)")
+    train.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a run's checkpoint or a base model", epilog=EXAMPLES["eval"],
+                              formatter_class=formatter)
+    evaluate.add_argument("--run-dir", help="a `fst train` run directory (its latest checkpoint)")
+    evaluate.add_argument("--model", help="a base model instead of a run (embedded, tiny, dir or id)")
+    evaluate.add_argument("--env", action="append", metavar="ID[:k=v,...]", help="tasks (default: the run's)")
+    evaluate.add_argument("--split", default="validation", choices=("train", "validation", "test"))
+    evaluate.add_argument("--problems", type=int, default=16, help="problems per task (default 16)")
+    evaluate.add_argument("--k", type=int, default=1, help="samples per problem for mean@k (default 1)")
+    evaluate.add_argument("--context", default="best", choices=("best", "seed", "none"),
+                          help="which context: the population's best, the seed, or none (default best)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = sub.add_parser("compare", help="FST vs RL-only vs fast-only on the same schedule and seeds",
+                             epilog=EXAMPLES["compare"], formatter_class=formatter)
+    _add_run_options(compare)
+    compare.add_argument("--run-dir", help="root for the three runs and the plots (default runs/compare)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(func=cmd_compare, resume=False, mode=None)
+
+    plot = sub.add_parser("plot", help="PNG plots from a run directory", epilog=EXAMPLES["plot"],
+                          formatter_class=formatter)
+    plot.add_argument("run_dir", help="a `fst train` run directory")
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"fst {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

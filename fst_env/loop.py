@@ -1,0 +1,264 @@
+"""The FST training loop, top to bottom: stages of tasks, evaluation, logging, checkpoints and resume.
+
+One agent is handed from stage to stage (fast and slow state carried over; optionally the population is reset
+to the seed context at a stage start, as in the paper's continual runs). Every ``eval_every`` updates, and at
+the end of each stage, the agent is evaluated on the held-out split of *every* task of the schedule (past and
+future), which builds the stage x task accuracy matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from fst_env.agents.fst_agent import FSTAgent
+from fst_env.logging import RunLogger, write_text_atomic
+from fst_env.models import atomic_directory
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the field and what is allowed."""
+
+
+@dataclass
+class Stage:
+    """One task of a schedule: train on ``env_id`` (made with ``env_kwargs``) for ``steps`` updates."""
+
+    env_id: str
+    steps: int
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    reset_population: bool = False
+
+    @property
+    def task(self) -> str:
+        """A name for the task that tells apart the same env with different kwargs."""
+        if not self.env_kwargs:
+            return self.env_id
+        return self.env_id + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.env_kwargs.items())) + "]"
+
+
+@dataclass
+class Schedule:
+    """Stages run in order by one loop, plus when to evaluate and checkpoint (in updates; 0 = only at the end)."""
+
+    stages: list[Stage]
+    eval_every: int = 0
+    eval_problems: int = 16
+    eval_k: int = 1
+    eval_split: str = "validation"
+    kl_prompts: int = 8
+    checkpoint_every: int = 0
+
+    def validate(self) -> Schedule:
+        if not self.stages:
+            raise ConfigError("schedule.stages: at least one stage is required")
+        for i, stage in enumerate(self.stages):
+            if stage.env_id not in gym.registry:
+                raise ConfigError(f"stages[{i}].env_id: {stage.env_id!r} is not registered; see `fst envs`")
+            if isinstance(stage.steps, bool) or not isinstance(stage.steps, int) or stage.steps < 1:
+                raise ConfigError(f"stages[{i}].steps: must be an int >= 1, got {stage.steps!r}")
+            try:  # the env's own config check, so a bad kwarg fails here in one line, not mid-run
+                gym.make(stage.env_id, **stage.env_kwargs).close()
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"stages[{i}].env_kwargs: {exc}") from None
+        for name in ("eval_every", "checkpoint_every", "kl_prompts"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"schedule.{name}: must be an int >= 0, got {getattr(self, name)!r}")
+        for name in ("eval_problems", "eval_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"schedule.{name}: must be an int >= 1, got {getattr(self, name)!r}")
+        if self.eval_split not in ("train", "validation", "test"):
+            raise ConfigError(f"schedule.eval_split: must be one of train, validation, test; got {self.eval_split!r}")
+        return self
+
+    @property
+    def tasks(self) -> list[Stage]:
+        """The distinct tasks of the schedule, in first-seen order."""
+        return list({stage.task: stage for stage in self.stages}.values())
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+
+def run_update(agent: FSTAgent, envs: gym.vector.VectorEnv, problem_ids: Sequence[int]) -> dict[str, Any]:
+    """Act on groups (the vector env's G copies of one problem, cycling through ``problem_ids``) until the agent
+    takes an update; returns its metrics."""
+    if len(set(map(int, problem_ids))) < agent.config.groups_per_step:
+        raise ConfigError(f"an update needs {agent.config.groups_per_step} distinct problems (groups_per_step) but "
+                          f"got {len(set(map(int, problem_ids)))}: the task has too few problems for this setting")
+    metrics: dict[str, Any] = {}
+    batch = 0
+    while not metrics:
+        obs, infos = envs.reset(options={"problem_id": int(problem_ids[batch % len(problem_ids)])})
+        actions = agent.act(obs, infos)
+        _, rewards, _, _, infos = envs.step(actions)
+        agent.observe(rewards, infos)
+        metrics = agent.update()
+        batch += 1
+    return metrics
+
+
+def evaluate_all(agent: FSTAgent, schedule: Schedule, *, context: dict | None = None) -> dict[str, float]:
+    """Accuracy (mean@k) on the held-out split of every task of the schedule."""
+    return {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
+                                      k=schedule.eval_k, context=context, **task.env_kwargs)["accuracy"]
+            for task in schedule.tasks}
+
+
+def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *, run_dir: str | Path | None = None,
+          seed: int = 0, resume: bool = False, quiet: bool = False, tensorboard: bool = True,
+          on_update: Callable[[int, dict], None] | None = None, **env_kwargs: Any) -> dict[str, Any]:
+    """Train ``agent`` on a schedule (or on one env id for ``steps`` updates) and return the run's summary.
+
+    With ``run_dir``: TensorBoard events (``tb/``), ``scalars.jsonl`` / ``scalars.csv``, ``text.jsonl``,
+    ``summary.json`` (evaluations, accuracy matrix, counters, best context) and checkpoints
+    (``checkpoints/step-N``, ``checkpoints/latest``); ``resume=True`` continues from the latest checkpoint.
+    """
+    if isinstance(schedule, str):
+        if steps is None:
+            raise ConfigError("train: steps is required when training on a single env id")
+        schedule = Schedule([Stage(schedule, steps, dict(env_kwargs))])
+    schedule.validate()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    logger = RunLogger(run_dir, tensorboard=tensorboard, resume=resume) if run_dir is not None else None
+    position = {"stage": 0, "stage_step": 0, "step": 0, "evals": [], "stage_ends": [], "baseline": None}
+    checkpoints = run_dir / "checkpoints" if run_dir is not None else None
+    latest = latest_checkpoint(run_dir) if resume and run_dir is not None else None
+    if latest is not None:
+        agent.load(latest / "agent")
+        position = json.loads((latest / "run.json").read_text())
+    start_time = time.perf_counter()
+    progress = _progress(schedule.total_steps, position["step"], quiet)
+
+    if position["baseline"] is None:  # the initial model on every task: forward-transfer reference
+        position["baseline"] = evaluate_all(agent, schedule)
+    for stage_index in range(position["stage"], len(schedule.stages)):
+        stage = schedule.stages[stage_index]
+        agent.set_task(stage.env_id, **stage.env_kwargs)
+        if position["stage_step"] == 0 and stage.reset_population:
+            agent.population.reset_to(dict(agent.config.seed_context))
+        envs = gym.make_vec(stage.env_id, num_envs=agent.config.group_size, **stage.env_kwargs)
+        num_problems = envs.call("num_problems")[0]
+
+        while position["stage_step"] < stage.steps:
+            # Distinct problems for this update, depending only on (seed, step): a resumed run draws the same.
+            problem_ids = np.random.default_rng([seed, position["step"]]).choice(
+                num_problems, size=min(num_problems, 4 * agent.config.groups_per_step), replace=False)
+            metrics = run_update(agent, envs, problem_ids)
+            position["stage_step"] += 1
+            position["step"] += 1
+            step = position["step"]
+            metrics.update({"schedule/stage": stage_index, "budget/elapsed_s": time.perf_counter() - start_time})
+            if schedule.eval_every and step % schedule.eval_every == 0:
+                metrics.update(_record_eval(agent, schedule, position, step, stage_index))
+            if logger is not None:
+                logger.scalars(step, metrics)
+                if "fast/round" in metrics:
+                    fast = {k.removeprefix("fast/"): v for k, v in metrics.items() if k.startswith("fast/")}
+                    logger.fast_round(step, fast, agent.population)
+            if on_update is not None:
+                on_update(step, metrics)
+            progress.update(1)
+            progress.set_postfix(stage=stage_index, reward=f"{metrics.get('rollout/reward_mean', float('nan')):.2f}")
+            if checkpoints is not None and schedule.checkpoint_every and step % schedule.checkpoint_every == 0 \
+                    and position["stage_step"] < stage.steps:
+                _save_checkpoint(agent, position, checkpoints)
+                logger.flush()
+        # End of the stage: its row of the accuracy matrix, then a checkpoint at the next stage's start.
+        if not position["stage_ends"] or position["stage_ends"][-1]["stage"] != stage_index:
+            row = _record_eval(agent, schedule, position, position["step"], stage_index)
+            position["stage_ends"].append(position["evals"][-1])
+            if logger is not None:
+                logger.scalars(position["step"], row)
+        position.update(stage=stage_index + 1, stage_step=0)
+        if checkpoints is not None:
+            _save_checkpoint(agent, position, checkpoints)
+            logger.flush()
+        envs.close()
+    progress.close()
+
+    matrix = [row["accuracy"] for row in position["stage_ends"]]
+    summary = {"steps": position["step"], "baseline": position["baseline"], "evals": position["evals"],
+               "accuracy_matrix": matrix, "continual": _continual(schedule, matrix, position["baseline"]),
+               "tasks": [t.task for t in schedule.tasks], "stages": [asdict(s) for s in schedule.stages],
+               "counters": dict(agent.counters), "best_context": agent.population.best().context}
+    if run_dir is not None:
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+        logger.close()
+    return summary
+
+
+def _continual(schedule: Schedule, matrix: list[dict[str, float]], baseline: dict[str, float]) -> dict[str, float]:
+    """Forgetting and transfer over the stage x task matrix (tasks ordered as first trained)."""
+    from fst_env.metrics import continual_metrics
+
+    order = [stage.task for stage in schedule.stages]  # row i trained on task order[i]
+    tasks = list(dict.fromkeys(order))
+    if len(matrix) < 2 or len(tasks) != len(order):  # one stage, or a task repeated: no standard definition
+        return {}
+    values = [[row[t] for t in tasks] for row in matrix]
+    return continual_metrics(values, baseline=[baseline[t] for t in tasks]).as_dict()
+
+
+def _record_eval(agent: FSTAgent, schedule: Schedule, position: dict, step: int, stage: int) -> dict[str, float]:
+    accuracy = evaluate_all(agent, schedule)
+    row = {"step": step, "stage": stage, "rl_samples": agent.counters["rl_samples"],
+           "fast_rollouts": agent.counters["fast_rollouts"], "accuracy": accuracy}
+    scalars = {f"eval/accuracy/{task}": value for task, value in accuracy.items()}
+    if schedule.kl_prompts:
+        drift = held_out_drift(agent, schedule)
+        row.update(kl=drift["kl"], entropy=drift["entropy"])
+        scalars.update({"eval/kl": drift["kl"], "eval/entropy": drift["entropy"]})
+    position["evals"].append(row)
+    return scalars
+
+
+def held_out_drift(agent: FSTAgent, schedule: Schedule) -> dict[str, float]:
+    """KL(policy || base) and entropy per token on held-out prompts of the current stage's task, no context."""
+    from fst_env.metrics import policy_kl_and_entropy
+
+    env = gym.make(agent.env_id, split=schedule.eval_split, **agent.env_kwargs)
+    prompts = [env.reset(options={"problem_id": i})[0]
+               for i in range(min(schedule.kl_prompts, env.unwrapped.num_problems()))]
+    return policy_kl_and_entropy(agent, prompts, max_new_tokens=agent.config.max_new_tokens, context={})
+
+
+def _save_checkpoint(agent: FSTAgent, position: Mapping[str, Any], root: Path, keep: int = 2) -> None:
+    """Write ``root/step-N`` (agent + schedule position) as one new directory, then point ``root/latest`` at it.
+
+    Each step is atomic (a rename of a complete temp dir; an atomic file replace), so a crash at any instant
+    leaves ``latest`` naming a complete checkpoint. Older checkpoints beyond ``keep`` are removed afterwards.
+    """
+
+    def write(tmp: Path) -> None:
+        agent.save(tmp / "agent")
+        (tmp / "run.json").write_text(json.dumps(position))
+
+    target = atomic_directory(root / f"step-{position['step']:08d}", write)
+    write_text_atomic(root / "latest", target.name)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, or None."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    target = pointer.parent / pointer.read_text().strip()
+    return target if (target / "run.json").exists() else None
+
+
+def _progress(total: int, initial: int, quiet: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="fst train", unit="update", disable=quiet, dynamic_ncols=True)
