@@ -117,9 +117,11 @@ class VLLMBackend:
         self._next_lora_id = 1
         self._weights_version = 0
         self._warned_truncation = False
+        self._tied: dict[str, str] = {}  # tied parameter name -> the name it shares storage with
         self.llm: Any = None
         try:
             if self.policy is not None:
+                self._tied = _tied_keys(_core(self.policy.model))
                 self.model_dir = self._base_checkpoint(self.policy)
                 self.tokenizer = self.policy.tokenizer
                 if dtype is None:
@@ -128,9 +130,14 @@ class VLLMBackend:
                 self.model_dir = Path(policy_or_model_dir).expanduser().resolve()
                 if not self.model_dir.is_dir():
                     raise FileNotFoundError(f"VLLMBackend: {self.model_dir} is not a model directory")
-                from transformers import AutoTokenizer
+                from transformers import AutoConfig, AutoTokenizer
+                from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+                config = AutoConfig.from_pretrained(self.model_dir)
+                model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+                tied = getattr(model_class, "_tied_weights_keys", None) or {}
+                self._tied = dict(tied) if getattr(config, "tie_word_embeddings", False) else {}
             if isinstance(dtype, torch.dtype):
                 if dtype not in _DTYPE_NAMES:
                     raise ValueError(f"VLLMBackend: unsupported dtype {dtype}; use one of {list(_DTYPE_NAMES)}")
@@ -223,14 +230,9 @@ class VLLMBackend:
                 saved = Path(scratch) if (Path(scratch) / "adapter_config.json").is_file() else Path(scratch) / adapter
                 self.load_adapter(saved, name=name or adapter)
             return
-        self._weights_version += 1
-        target = self.work_dir / "weights" / f"v{self._weights_version}"
+        target = self._new_weights_dir()
         _write_safetensors(model, target, merge_lora=True)
         self._reload(target)
-        # Earlier versions are no longer read by anyone.
-        for old in (self.work_dir / "weights").iterdir():
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
 
     def set_adapter(self, name: str | Path | None) -> None:
         """Serve registered adapter ``name``, a new adapter directory (registered under its path), or the base
@@ -344,9 +346,40 @@ class VLLMBackend:
         return Generation(text=text, prompt_ids=list(prompt_ids), completion_ids=ids, logprobs=logprobs,
                           finish_reason=completion.finish_reason, stop=stop)
 
+    def _new_weights_dir(self) -> Path:
+        """A fresh directory for the next full-weight version; earlier versions are deleted (nothing reads them)."""
+        self._weights_version += 1
+        root = self.work_dir / "weights"
+        if root.is_dir():
+            for old in root.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
+        target = root / f"v{self._weights_version}"
+        target.mkdir(parents=True)
+        return target
+
     def _reload(self, directory: Path) -> None:
-        if not any(directory.glob("*.safetensors")):
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
             raise FileNotFoundError(f"VLLMBackend: no *.safetensors files in {directory}")
+        # vLLM's in-place reload rebuilds every layer's tensors, which unties tied weights (embeddings and output
+        # head): each name must be in the files, or that copy keeps its old values. A checkpoint that stores a
+        # tied pair once (transformers and safetensors' save_model do) is completed into a private copy.
+        keys: set[str] = set()
+        for file in files:
+            keys |= _safetensors_keys(file)
+        if any((target in keys) != (source in keys) for target, source in self._tied.items()):
+            from safetensors.torch import load_file
+
+            tensors: dict[str, torch.Tensor] = {}
+            for file in files:
+                tensors.update(load_file(str(file)))
+            for target, source in self._tied.items():
+                if target not in tensors and source in tensors:
+                    tensors[target] = tensors[source].clone()
+                elif source not in tensors and target in tensors:
+                    tensors[source] = tensors[target].clone()
+            directory = self._new_weights_dir()
+            _save_safetensors(tensors, directory)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
         # Cached prefixes hold activations of the old weights.
         self.llm.reset_prefix_cache()
@@ -354,7 +387,7 @@ class VLLMBackend:
     def _base_checkpoint(self, policy: Policy) -> Path:
         """A safetensors checkpoint directory with the policy's base weights, reused when one exists."""
         existing = _source_checkpoint(policy)
-        if existing is not None and _checkpoint_matches(policy.model, existing):
+        if existing is not None and _checkpoint_matches(policy.model, existing, self._tied):
             return existing
         target = self.work_dir / "base"
         _write_safetensors(policy.model, target, merge_lora=False)
@@ -416,22 +449,28 @@ def _vllm_rank(rank: int) -> int:
     raise ValueError(f"VLLMBackend: LoRA rank {rank} exceeds vLLM's largest ({VLLM_LORA_RANKS[-1]})")
 
 
+def _tied_keys(model: Any) -> dict[str, str]:
+    """The model's tied parameters, ``{tied name: source name}`` (empty when nothing is tied)."""
+    return dict(getattr(model, "all_tied_weights_keys", None) or {})
+
+
+def _safetensors_keys(file: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return set(handle.keys())
+
+
 def _plain_state_dict(model: Any, *, merge_lora: bool) -> dict[str, torch.Tensor]:
     """The model's weights under checkpoint names, on CPU: PEFT wrappers stripped, LoRA deltas merged when
-    ``merge_lora`` (else the base weights), tied tensors stored once."""
+    ``merge_lora`` (else the base weights). Tied parameters appear under every name (sharing storage)."""
     core = _core(model)
     state: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
     for key, tensor in core.state_dict().items():
         if any(fragment in key for fragment in _PEFT_ONLY):
             if "modules_to_save" in key:
                 raise ValueError("VLLMBackend: PEFT modules_to_save cannot be served by vLLM; train LoRA only")
             continue
-        # Tied embeddings share storage: vLLM re-ties them from the config, so one copy is enough.
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in seen and tensor.numel() > 0:
-            continue
-        seen.add(pointer)
         state[key.replace(".base_layer.", ".")] = tensor
     if merge_lora and _is_peft(model):
         for module_name, module in core.named_modules():
@@ -445,12 +484,23 @@ def _plain_state_dict(model: Any, *, merge_lora: bool) -> dict[str, torch.Tensor
 
 
 def _write_safetensors(model: Any, directory: Path, *, merge_lora: bool) -> None:
+    """The model's weights as ``directory/model.safetensors``, every tied name stored (see ``_reload``)."""
+    with torch.no_grad():
+        _save_safetensors(_plain_state_dict(model, merge_lora=merge_lora), directory)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], directory: Path) -> None:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        state = _plain_state_dict(model, merge_lora=merge_lora)
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors refuses tensors that share memory: later names sharing a storage get their own copy.
+    seen: set[int] = set()
+    own: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        own[key] = tensor.clone() if pointer in seen and tensor.numel() > 0 else tensor
+        seen.add(pointer)
+    save_file(own, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _source_checkpoint(policy: Policy) -> Path | None:
@@ -471,8 +521,9 @@ def _source_checkpoint(policy: Policy) -> Path | None:
     return candidate if has_tokenizer else None
 
 
-def _checkpoint_matches(model: Any, directory: Path) -> bool:
-    """True when every base weight of ``model`` equals the checkpoint's tensor (cast to the model's dtype)."""
+def _checkpoint_matches(model: Any, directory: Path, tied: dict[str, str] | None = None) -> bool:
+    """True when every base weight of ``model`` equals the checkpoint's tensor (cast to the model's dtype);
+    a ``tied`` name (``{tied: source}``) may be absent when its source is there."""
     from safetensors import safe_open
 
     with torch.no_grad():
@@ -486,7 +537,8 @@ def _checkpoint_matches(model: Any, directory: Path) -> bool:
                 if not torch.equal(handle.get_tensor(key).to(state[key].dtype), state[key]):
                     return False
                 found.add(key)
-    return found == set(state)
+    optional = {name for name, source in (tied or {}).items() if source in found}
+    return set(state) - optional <= found
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...], include_stop: bool) -> str:
