@@ -71,6 +71,7 @@ class FSTConfig:
     full_finetune: bool = False
     micro_batch_size: int = 8
     backend: str = "hf"
+    backend_kwargs: dict[str, Any] = field(default_factory=dict)
     seed_context: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SEED_CONTEXT))
     seed: int = 0
 
@@ -107,7 +108,10 @@ class FSTAgent:
                                 alpha=c.lora_alpha), lr=c.lr, loss=c.loss, tau=c.tau, kl_coef=c.kl_coef,
                                 micro_batch_size=c.micro_batch_size, temperature=c.temperature or 1.0,
                                 seed=c.seed) if c.slow else None
-        self.backend = make_backend(c.backend, policy)
+        self.backend = make_backend(c.backend, policy, **c.backend_kwargs)
+        if self.slow is not None and not getattr(self.backend, "trainable", True):
+            raise ValueError(f"FSTConfig.backend: {c.backend!r} serves frozen weights; the slow channel needs a "
+                             "backend that samples from the weights being trained ('hf' or 'vllm')")
         self.population = ContextPopulation(dict(c.seed_context), max_size=c.population_size)
         self.fast = None
         if c.fast:

@@ -12,7 +12,28 @@ from fst_env import envs as _envs  # noqa: F401  (registers the fst/ ids)  # iso
 
 __version__ = "0.1.0"
 
-__all__ = [
+# The training API imports torch, so it loads on first use: `import fst_env` stays light.
+_LAZY = {
+    "train": ("fst_env.loop", "train"),
+    "Schedule": ("fst_env.loop", "Schedule"),
+    "Stage": ("fst_env.loop", "Stage"),
+    "FSTAgent": ("fst_env.agents.fst_agent", "FSTAgent"),
+    "FSTConfig": ("fst_env.agents.fst_agent", "FSTConfig"),
+    "RLAgent": ("fst_env.agents.fst_agent", "RLAgent"),
+    "PromptAgent": ("fst_env.agents.fst_agent", "PromptAgent"),
+    "load_policy": ("fst_env.models", "load_policy"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'fst_env' has no attribute {name!r}")
+
+__all__ = [  # noqa: RUF022  (grouped: env API, then the lazily loaded training API)
     "SPLITS",
     "VERDICTS",
     "EnvCard",
@@ -27,4 +48,12 @@ __all__ = [
     "register_env",
     "register_task",
     "registered_ids",
+    "FSTAgent",
+    "FSTConfig",
+    "PromptAgent",
+    "RLAgent",
+    "Schedule",
+    "Stage",
+    "load_policy",
+    "train",
 ]
