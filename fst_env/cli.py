@@ -219,11 +219,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
         samples = summary["counters"]["rl_samples"] + summary["counters"]["fast_rollouts"]
         for task, value in final.items():
             lines.append(f"| {mode} | {task} | {summary['baseline'][task]:.3f} | {value:.3f} | {samples} |")
+    lines += ["", "ScaleRL-style fit of mean held-out accuracy vs samples, "
+              "R = R0 + (A - R0) / (1 + (C_mid / C)^B):", "",
+              "| mode | A (asymptote) | C_mid (samples) | B | R^2 |", "|---|---|---|---|---|"]
+    for mode, path in runs.items():
+        lines.append(f"| {mode} | " + _sigmoid_cells(load_summary(path)) + " |")
     lines += ["", *[f"![{f.stem}]({f.name})" for f in files]]
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:-len(files) - 1]))
     print(f"\nwrote {root / 'summary.md'} and {len(files)} plots")
     return 0
+
+
+def _sigmoid_cells(summary: dict[str, Any]) -> str:
+    from fst_env.metrics import fit_sigmoid
+
+    samples = [0.0] + [e["rl_samples"] + e.get("fast_rollouts", 0) for e in summary["evals"]]
+    accuracy = [sum(summary["baseline"].values()) / len(summary["baseline"])]
+    accuracy += [sum(e["accuracy"].values()) / len(e["accuracy"]) for e in summary["evals"]]
+    try:
+        fit = fit_sigmoid(samples, accuracy)
+    except (ValueError, RuntimeError) as exc:  # too few evaluations, or no convergence
+        return f"n/a ({str(exc).splitlines()[0][:80]}; evaluate more often with --eval-every) | | |"
+    return f"{fit.A:.3f} | {fit.C_mid:.0f} | {fit.B:.2f} | {fit.r2:.2f}"
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

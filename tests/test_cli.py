@@ -88,6 +88,7 @@ def test_compare_runs_three_modes_on_one_schedule(tmp_path):
         assert f"| {mode} | fst/StarGraph-v0 |" in summary
         assert (root / f"accuracy_matrix_{mode}.png").exists()
     assert (root / "accuracy_vs_samples.png").exists()
+    assert "ScaleRL-style fit" in summary and "| fst | n/a" in summary  # 1 step: too few points to fit
     rl = json.loads((root / "rl" / "summary.json").read_text())["counters"]
     prompt = json.loads((root / "prompt" / "summary.json").read_text())["counters"]
     assert rl["fast_rounds"] == 0 and prompt["slow_steps"] == 0
@@ -95,3 +96,15 @@ def test_compare_runs_three_modes_on_one_schedule(tmp_path):
 
 def test_parser_builds():
     assert make_parser().prog == "fst"
+
+
+def test_compare_summary_fits_the_sigmoid_when_there_are_enough_points():
+    from fst_env.cli import _sigmoid_cells
+
+    def accuracy(c):
+        return 0.1 + (0.7 - 0.1) / (1 + (400 / c) ** 1.5)
+
+    evals = [{"rl_samples": c, "fast_rollouts": 0, "accuracy": {"t": accuracy(c)}} for c in (100, 200, 400, 800, 1600)]
+    cells = _sigmoid_cells({"baseline": {"t": 0.1}, "evals": evals}).split(" | ")
+    assert float(cells[0]) == pytest.approx(0.7, abs=0.02) and float(cells[1]) == pytest.approx(400, rel=0.1)
+    assert _sigmoid_cells({"baseline": {"t": 0.1}, "evals": evals[:1]}).startswith("n/a")
