@@ -277,14 +277,8 @@ class CodeGenEnv(TextEnv):
                                     memory_mb)
         self.config.validate()
         super().__init__(split, **kwargs)
-        self._problems = ProceduralSplit(lambda index: _build_problem(self.config, index), seed=data_seed,
+        self.problems = ProceduralSplit(lambda index: _build_problem(self.config, index), seed=data_seed,
                                          split=split, size=self.config.split_sizes[split])
-
-    def num_problems(self) -> int:
-        return len(self._problems)
-
-    def load_problem(self, problem_id: int) -> Problem:
-        return self._problems[problem_id]
 
     def oracle_response(self) -> str | None:
         """A response that scores 1 on the current problem (the reference solution in a python block)."""

@@ -146,14 +146,8 @@ class MathReasoningEnv(TextEnv):
         self.config = MathReasoningConfig(difficulty, tuple(families), data_seed, format_instruction)
         self.config.validate()
         super().__init__(split, **kwargs)
-        self._problems = _split(difficulty, self.config.families, data_seed, format_instruction, split,
+        self.problems = _split(difficulty, self.config.families, data_seed, format_instruction, split,
                                 self.config.split_sizes[split])
-
-    def num_problems(self) -> int:
-        return len(self._problems)
-
-    def load_problem(self, problem_id: int) -> Problem:
-        return self._problems[problem_id]
 
     def oracle_response(self) -> str | None:
         if self.problem is None:

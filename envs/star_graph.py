@@ -146,14 +146,8 @@ class StarGraphEnv(TextEnv):
                  **config: Any) -> None:
         super().__init__(split, max_response_chars=max_response_chars, render_mode=render_mode)
         self.config = make_config(difficulty, **config)
-        self._problems = ProceduralSplit(lambda index: generate_problem(self.config, index), seed=seed,
+        self.problems = ProceduralSplit(lambda index: generate_problem(self.config, index), seed=seed,
                                          split=split, size=SPLIT_SIZES[split])
-
-    def num_problems(self) -> int:
-        return len(self._problems)
-
-    def load_problem(self, problem_id: int) -> Problem:
-        return self._problems[problem_id]
 
     def oracle_response(self) -> str | None:
         return None if self.problem is None else f"Path: {self.problem.answer}"

@@ -113,10 +113,11 @@ class Outcome:
 class TextEnv(gym.Env[str, str]):
     """Base class for a text task that returns a reward and textual feedback.
 
-    Subclasses set :attr:`card` and implement :meth:`num_problems`, :meth:`load_problem` and
-    :meth:`judge` (plus :meth:`continue_episode` for multi-turn tasks). The base class handles seeding,
-    problem selection (``problem_id``), splits, type checks, oversized responses and judge exceptions, so
-    every task gets the same guarantees.
+    Subclasses set :attr:`card`, provide their problems (assign ``self.problems``, a sequence of
+    :class:`Problem` such as a :class:`~fst_env.splits.ProceduralSplit`, or override :meth:`num_problems` and
+    :meth:`load_problem`) and implement :meth:`judge`; a multi-turn task returns ``Outcome(terminated=False)``.
+    The base class handles seeding, problem selection (``problem_id``), splits, type checks, oversized responses
+    and judge exceptions, so every task gets the same guarantees.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 1}
@@ -139,6 +140,7 @@ class TextEnv(gym.Env[str, str]):
         self.action_space = TextSpace(max_length=1 << 24)
         low, high = self.card.reward_range if self.card else (0.0, 1.0)
         self.reward_range = (low, high)
+        self.problems: Sequence[Problem] | None = None
         self.problem: Problem | None = None
         self.problem_id: int | None = None
         self._needs_reset = True
@@ -147,12 +149,16 @@ class TextEnv(gym.Env[str, str]):
 
     # ----------------------------------------------------------------- subclass hooks
     def num_problems(self) -> int:
-        """How many problems the current split holds."""
-        raise NotImplementedError
+        """How many problems the current split holds (``len(self.problems)`` unless overridden)."""
+        if self.problems is None:
+            raise NotImplementedError(f"{type(self).__name__}: set self.problems or override num_problems()")
+        return len(self.problems)
 
     def load_problem(self, problem_id: int) -> Problem:
-        """Problem ``problem_id`` of the current split (deterministic)."""
-        raise NotImplementedError
+        """Problem ``problem_id`` of the current split, deterministic (``self.problems[problem_id]`` by default)."""
+        if self.problems is None:
+            raise NotImplementedError(f"{type(self).__name__}: set self.problems or override load_problem()")
+        return self.problems[problem_id]
 
     def judge(self, problem: Problem, response: str) -> Outcome:
         """Score a response on a problem. May raise; the base class turns exceptions into ``error``."""
