@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -66,6 +67,7 @@ def run_ours(model_dir: str, args: argparse.Namespace) -> tuple[list[float], lis
                     for i, g in enumerate(generations)]
         learner.step(rollouts)
         elapsed = time.perf_counter() - start
+        print(f"  ours step {step}: {elapsed:.2f} s", file=sys.stderr, flush=True)
         if step:  # step 0 warms up
             times.append(elapsed)
         lengths.extend(len(g.completion_ids) for g in generations)
@@ -94,6 +96,7 @@ def run_trl(model_dir: str, args: argparse.Namespace) -> tuple[list[float], list
 
         def on_step_end(self, *a: object, **k: object) -> None:
             self.times.append(time.perf_counter() - self.start)
+            print(f"  TRL step {len(self.times) - 1}: {self.times[-1]:.2f} s", file=sys.stderr, flush=True)
 
     rows = args.prompts * args.group
     dataset = Dataset.from_dict({"prompt": prompt_texts(args.prompts) * (args.steps + 1)})
@@ -123,6 +126,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--model", default="tiny", help="tiny (default), embedded, or a local model directory")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is much faster on a shared, busy CPU")
     args = parser.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (the first step is a warm-up)")
@@ -131,6 +136,8 @@ def main() -> None:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fst-vs-trl-") as tmp:
         if args.model == "tiny":
             model_dir, label = tmp, f"tiny Llama (hidden {args.hidden}, {args.layers} layers)"
