@@ -9,8 +9,8 @@ Weights. vLLM serves its own copy of the weights, loaded from safetensors. Built
 backend writes the policy's current base weights (a PEFT model's LoRA layers stripped) to its work directory,
 or reuses the safetensors checkpoint the policy was loaded from (the embedded model's cache entry, a local
 model directory) when its tensors equal the policy's. A PEFT policy's active adapter is registered and used
-straight away. The served weights change only through these calls, which a learner (or the agent) makes after
-each slow step:
+straight away (with ``enable_lora=False`` its deltas are merged into the written weights instead). The
+served weights change only through these calls, which a learner (or the agent) makes after each slow step:
 
 * ``update_weights(adapter_dir=path)`` -- hot-swap a LoRA adapter saved with PEFT ``save_pretrained`` (e.g.
   ``SlowLearner.save(d)`` writes ``d / "adapter"``). Each call registers a new version under a **new integer
@@ -385,12 +385,14 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()
 
     def _base_checkpoint(self, policy: Policy) -> Path:
-        """A safetensors checkpoint directory with the policy's base weights, reused when one exists."""
-        existing = _source_checkpoint(policy)
+        """A safetensors checkpoint directory with the weights to serve, reused when one exists: the base weights
+        (adapters are served as adapters), or a PEFT model's merged weights when LoRA serving is off."""
+        merge = _is_peft(policy.model) and not self.enable_lora
+        existing = None if merge else _source_checkpoint(policy)
         if existing is not None and _checkpoint_matches(policy.model, existing, self._tied):
             return existing
         target = self.work_dir / "base"
-        _write_safetensors(policy.model, target, merge_lora=False)
+        _write_safetensors(policy.model, target, merge_lora=merge)
         core = _core(policy.model)
         core.config.save_pretrained(target)
         if getattr(core, "generation_config", None) is not None:

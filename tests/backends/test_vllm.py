@@ -342,6 +342,28 @@ class TestVLLMEngine:
             backend._warned_truncation = False
             backend.generate(served.prompts[:1], SamplingParams(max_new_tokens=2, top_k=5, seed=0))
 
+    @pytest.mark.slow
+    def test_peft_policy_without_lora_serving_gets_merged_weights(self, tmp_path: Path) -> None:
+        policy = vllm_tiny_policy(seed=2)
+        policy.model = add_lora(policy.model, seed=3, scale=0.3)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            backend = VLLMBackend(policy, enable_lora=False, max_model_len=256, kv_cache_memory_bytes=32 << 20)
+        try:
+            prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
+            for seed in (4, 5):  # the adapter as built, then after a "slow step" synced as merged full weights
+                if seed == 5:
+                    perturb(policy.model, seed=seed, scale=0.3)
+                    backend.update_weights()
+                assert backend.active_adapter is None
+                ours = backend.generate(prompts, GREEDY)
+                reference = hf_generate(policy.model, policy, prompts, GREEDY)
+                assert [g.completion_ids for g in ours] == [g.completion_ids for g in reference]
+                assert_logprobs_close(ours, policy.model, 1.0)
+        finally:
+            backend.close()
+
+    @pytest.mark.slow
     def test_backend_from_a_model_directory_without_lora_then_closed(self, tmp_path: Path) -> None:
         vllm_tiny_policy(seed=1).save(tmp_path / "model")
         with pytest.MonkeyPatch.context() as patch:
