@@ -18,7 +18,7 @@ EXAMPLES = {
   fst envs --markdown               # the README table
   fst envs fst/StarGraph-v0         # one card""",
     "train": """examples:
-  fst train --steps 6                                   # FST on the embedded model, fst/MathReasoning-v0
+  fst train --steps 6                                   # FST on the embedded model, easy MathReasoning-v0
   fst train --mode rl --steps 20 --run-dir runs/rl      # RL only (slow weights), same everything else
   fst train --env fst/MathReasoning-v0:difficulty=easy --env fst/StarGraph-v0 --steps 10   # continual: 2 stages
   fst train --config run.toml --resume                  # continue a killed run from its last checkpoint
@@ -56,7 +56,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TOML/YAML/JSON run config (flags override it)")
     parser.add_argument("--model", help="embedded (default), tiny (random test model), a directory or a model id")
     parser.add_argument("--env", action="append", metavar="ID[:k=v,...]",
-                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV})")
+                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV}:difficulty=easy)")
     parser.add_argument("--steps", type=int, help="updates per stage (default 6)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
     parser.add_argument("--group-size", type=int, help="rollouts per problem, G (default 4)")

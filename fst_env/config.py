@@ -56,7 +56,9 @@ class RunConfig:
     reflection_api_model: str | None = None
     agent: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
-    stages: list[dict[str, Any]] = field(default_factory=lambda: [{"env_id": DEFAULT_ENV, "steps": 6}])
+    # Easy problems by default: the embedded 135M model gets some right, so groups have reward variance to learn from.
+    stages: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"env_id": DEFAULT_ENV, "steps": 6, "env_kwargs": {"difficulty": "easy"}}])
 
     def validate(self) -> RunConfig:
         if self.mode not in MODES:
