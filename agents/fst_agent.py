@@ -197,6 +197,7 @@ class FSTAgent:
         if self.slow is not None:
             metrics.update({f"slow/{k}": v for k, v in self.slow.step(batch).items()})
             self.counters["slow_steps"] += 1
+            self.backend.update_weights()  # a backend with its own copy of the weights (vLLM) syncs; HF: no-op
         if self.fast is not None and self.counters["update"] % c.fast_every == 0:
             keys = list(dict.fromkeys(r.group for r in reversed(self.recent)))[: c.fast_problems]
             round_metrics = self.fast.round(self.population, self._evaluate, list(self.recent), keys)
@@ -296,6 +297,7 @@ class FSTAgent:
         state = json.loads((directory / "agent.json").read_text())
         if self.slow is not None:
             self.slow.load(directory / "slow")
+            self.backend.update_weights()
         self.set_task(state["env_id"], **state["env_kwargs"])
         self.counters = state["counters"]
         self.population.load_state_dict(state["population"])
