@@ -14,6 +14,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from fst_env.agents.fst_agent import FSTAgent, FSTConfig
 from fst_env.models import load_policy, tiny_policy
@@ -35,7 +36,11 @@ class TimedAgent(FSTAgent):
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
-    policy = tiny_policy(0) if args.model == "tiny" else load_policy(args.model)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.model == "tiny":
+        policy = tiny_policy(0, device=args.device or "cpu", **({"dtype": dtype} if dtype else {}))
+    else:
+        policy = load_policy(args.model, device=args.device, dtype=dtype)
     config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
                        fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
                        fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4)
@@ -82,10 +87,13 @@ def main() -> None:
     parser.add_argument("--fast-every", type=int, default=3)
     parser.add_argument("--fast-problems", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; tiny: cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on cuda, else fp32)")
     args = parser.parse_args()
     results = {mode: measure(mode, args) for mode in ("rl", "fst")}
     batch = args.group_size * args.groups_per_step
-    print(f"seconds per update ({args.model}, batch {batch} = {args.groups_per_step} problems x G={args.group_size}, "
+    print(f"seconds per update ({args.model} on {args.device or 'default device'}, batch {batch} = "
+          f"{args.groups_per_step} problems x G={args.group_size}, "
           f"{args.max_new_tokens} new tokens, {args.updates} updates, fast round every {args.fast_every})")
     print(f"{'phase':22} {'RL only':>10} {'FST':>10}")
     for key in ("generation", "scoring", "forward", "backward", "optimizer", "fast_amortised", "total"):
