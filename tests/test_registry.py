@@ -126,7 +126,7 @@ def test_async_vector_env_carries_any_text_through_shared_memory():
         obs, _ = envs.reset(seed=0, options={"problem_id": 3})
         direct = gym.make("fst/MathReasoning-v0", families=("chain_sum",)).reset(options={"problem_id": 3})[0]
         assert obs == (direct, direct)
-        obs, rewards, _, _, infos = envs.step(("\\ud800 ключ 答案 \\x00", "\\\\boxed{0}"))
+        obs, _, _, _, infos = envs.step(("\\ud800 ключ 答案 \\x00", "\\\\boxed{0}"))
         assert obs[0] == infos["feedback"][0] and obs[0].strip()
     finally:
         envs.close()
