@@ -103,9 +103,11 @@ def bench(model: str, args: argparse.Namespace) -> dict[str, Timing]:
         for backend in backends.values():
             backend.generate(prompts[:args.warmup], params)
         # Alternating keeps both backends exposed to the same background load.
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for name, backend in backends.items():
-                results[name].runs.append(run(backend, prompts, params))
+                seconds, tokens = run(backend, prompts, params)
+                results[name].runs.append((seconds, tokens))
+                print(f"[{model}] {name} run {repeat + 1}: {tokens} tokens in {seconds:.2f} s", flush=True)
     finally:
         vllm.close()
     return results

@@ -86,8 +86,9 @@ class VLLMBackend:
     ``policy_or_model_dir``: a :class:`Policy` (its current weights are served) or a directory holding a
     safetensors checkpoint and tokenizer. ``enable_lora``: allow adapter hot-swap (``max_lora_rank`` defaults
     to the PEFT policy's rank rounded up to a vLLM size, else 16; ``max_loras`` adapters fit in one batch).
-    ``gpu_memory_utilization``: vLLM's fraction of accelerator memory (on CPU: of machine memory, used only
-    when no KV-cache size is given). ``kv_cache_memory_bytes``: KV-cache size (CPU default
+    ``gpu_memory_utilization``: vLLM's fraction of accelerator memory (vLLM's default 0.92 leaves nothing for a
+    trainer on the same GPU: pass e.g. 0.3 there; on CPU it is a fraction of machine memory, used only when no
+    KV-cache size is given). ``kv_cache_memory_bytes``: KV-cache size (CPU default
     :data:`CPU_KV_CACHE_BYTES`). ``dtype``: torch dtype or vLLM name (default: the policy's dtype, else
     ``"auto"``). ``enforce_eager`` defaults to True on CPU (torch.compile start-up costs minutes there) and to
     vLLM's default elsewhere. ``work_dir``: where weights and adapter versions are written (default: a fresh

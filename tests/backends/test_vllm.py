@@ -283,9 +283,12 @@ class TestVLLMEngine:
             params = SamplingParams(max_new_tokens=12, temperature=0.8, seed=2)
             ours = backend.generate(served.prompts, params)
             assert_logprobs_close(ours, peft_model, 0.8)
+            # Varied completions, some ending at eos: ids, text and finish reason all match the HF backend.
             greedy = backend.generate(served.prompts, GREEDY)
             reference = hf_generate(peft_model, served.policy, served.prompts, GREEDY)
-            assert [g.completion_ids for g in greedy] == [g.completion_ids for g in reference]
+            assert [(g.completion_ids, g.text, g.finish_reason) for g in greedy] == [
+                (g.completion_ids, g.text, g.finish_reason) for g in reference]
+            assert "stop" in {g.finish_reason for g in greedy} and "length" in {g.finish_reason for g in greedy}
         finally:
             perturb(peft_model, seed=0, scale=0.0)
             backend.update_weights()
