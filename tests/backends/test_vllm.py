@@ -382,3 +382,45 @@ class TestVLLMEngine:
         assert not work_dir.exists()
         with pytest.raises(RuntimeError, match="closed"):
             backend.generate([prompt], GREEDY)
+
+    @pytest.mark.slow
+    def test_agent_rollouts_from_vllm_match_the_learner_after_every_sync(self) -> None:
+        import gymnasium as gym
+        import numpy as np
+
+        import fst_env
+        from fst_env.agents.fst_agent import FSTAgent, FSTConfig
+
+        env_id = "test/VLLMEvenLength-v0"
+        if env_id not in gym.registry:
+            fst_env.register_task(env_id, [{"prompt": f"Write word number {i}.", "answer": "even"} for i in range(8)],
+                                  reward_fn=lambda response, problem: (float(len(response) % 2 == 0), "even length"),
+                                  summary="test task: reward for an even-length answer")
+        config = FSTConfig(fast=False, group_size=4, groups_per_step=1, max_new_tokens=12, lora_rank=8,
+                           lora_alpha=16, lr=5e-3, backend="vllm",
+                           backend_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20}, seed=0)
+        agent = FSTAgent(vllm_tiny_policy(), env_id, config)
+        envs = gym.make_vec(env_id, num_envs=config.group_size)
+        try:
+            ids = [agent.backend.active_adapter.lora_id]
+            for step in range(2):
+                metrics: dict = {}
+                while not metrics:
+                    obs, infos = envs.reset(options={"problem_id": step})
+                    actions = agent.act(obs, infos)
+                    _, rewards, _, _, infos = envs.step(actions)
+                    agent.observe(rewards, infos)
+                    metrics = agent.update()
+                # Rollouts came from vLLM's copy; a ratio of 1 means it served exactly the learner's weights,
+                # including after the adapter sync that followed the previous step.
+                assert metrics["slow/is_ratio_max"] == pytest.approx(1.0, abs=1e-3)
+                ids.append(agent.backend.active_adapter.lora_id)
+            assert ids == sorted(set(ids))  # a new adapter id after every slow step
+            prompts = [agent.backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
+            served = agent.backend.generate(prompts, GREEDY)
+            reference = hf_generate(agent.policy.model, agent.policy, prompts, GREEDY)
+            assert [g.completion_ids for g in served] == [g.completion_ids for g in reference]
+            assert np.isfinite(metrics["slow/loss"])
+        finally:
+            envs.close()
+            agent.backend.close()
