@@ -12,8 +12,8 @@ backend writes the policy's current base weights (a PEFT model's LoRA layers str
 or reuses the safetensors checkpoint the policy was loaded from (the embedded model's cache entry, a local
 model directory) when its tensors equal the policy's. A PEFT policy's active adapter is registered and used
 straight away (with ``enable_lora=False`` its deltas are merged into the written weights instead). The
-served weights change only through these calls; ``FSTAgent.update`` makes the first after every slow step
-(``update_weights()``, i.e. the policy's model), and after ``load``:
+served weights change only through these calls (``FSTAgent`` calls ``update_weights()`` after every slow step
+and after ``load``):
 
 * ``update_weights(adapter_dir=path)`` -- hot-swap a LoRA adapter saved with PEFT ``save_pretrained`` (e.g.
   ``SlowLearner.save(d)`` writes ``d / "adapter"``). Each call registers a new version under a **new integer
