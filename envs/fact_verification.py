@@ -17,7 +17,6 @@ wrong label, the document that settles it ("doc 9 says Ana Ruiz was born in Lima
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 from fst_env.cards import EnvCard, register_env
 from fst_env.core import DEFAULT_MAX_RESPONSE_CHARS, Outcome, Problem, TextEnv, Verdict
+from fst_env.presets import preset_config
 from fst_env.splits import ProceduralSplit
 
 SPLIT_SIZES: dict[str, int] = {"train": 100_000, "validation": 1_000, "test": 1_000}
@@ -112,15 +112,7 @@ PRESETS: dict[str, FactVerificationConfig] = {
 
 def make_config(difficulty: str | None = None, **overrides: Any) -> FactVerificationConfig:
     """A validated config: the ``difficulty`` preset (default: medium) with ``overrides`` applied."""
-    if difficulty is not None and difficulty not in PRESETS:
-        raise ValueError(f"difficulty must be one of {list(PRESETS)} or None, got {difficulty!r}")
-    fields = [f.name for f in dataclasses.fields(FactVerificationConfig)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise TypeError(f"fst/FactVerification-v0 has no option {unknown}; its config fields are {fields}")
-    config = dataclasses.replace(PRESETS[difficulty or "medium"], **overrides)
-    config.validate()
-    return config
+    return preset_config("fst/FactVerification-v0", PRESETS, difficulty, overrides)
 
 
 # ----------------------------------------------------------------------------- names

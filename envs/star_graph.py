@@ -12,7 +12,6 @@ Reward 1 only for the exact path; feedback names the first thing that goes wrong
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import random
 import re
@@ -21,6 +20,7 @@ from typing import Any
 
 from fst_env.cards import EnvCard, register_env
 from fst_env.core import DEFAULT_MAX_RESPONSE_CHARS, Outcome, Problem, TextEnv, Verdict
+from fst_env.presets import preset_config
 from fst_env.splits import ProceduralSplit
 
 SPLIT_SIZES: dict[str, int] = {"train": 100_000, "validation": 1_000, "test": 1_000}
@@ -65,15 +65,7 @@ PRESETS: dict[str, StarGraphConfig] = {
 
 def make_config(difficulty: str | None = None, **overrides: Any) -> StarGraphConfig:
     """A validated config: the ``difficulty`` preset (default: medium) with ``overrides`` applied."""
-    if difficulty is not None and difficulty not in PRESETS:
-        raise ValueError(f"difficulty must be one of {list(PRESETS)} or None, got {difficulty!r}")
-    fields = [f.name for f in dataclasses.fields(StarGraphConfig)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise TypeError(f"fst/StarGraph-v0 has no option {unknown}; its config fields are {fields}")
-    config = dataclasses.replace(PRESETS[difficulty or "medium"], **overrides)
-    config.validate()
-    return config
+    return preset_config("fst/StarGraph-v0", PRESETS, difficulty, overrides)
 
 
 def generate_problem(config: StarGraphConfig, index: int) -> Problem:
