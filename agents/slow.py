@@ -415,6 +415,7 @@ class SlowLearner:
             return metrics
 
         model = self.model
+        device = self.policy.device
         was_training = model.training
         model.train()
         sums = {"policy": 0.0, "kl_loss": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0, "capped": 0.0, "tokens": 0.0}
@@ -424,7 +425,7 @@ class SlowLearner:
         try:
             self.optimizer.zero_grad(set_to_none=True)
             for indices in self._batches(subset):
-                tick = time.perf_counter()
+                tick = _clock(device)
                 chunk = [subset[i] for i in indices]
                 batch = self._collate(chunk)
                 adv = advantages[[train[i] for i in indices]].to(batch.mask.device)
@@ -456,16 +457,16 @@ class SlowLearner:
                     sums["entropy"] += float((entropy * mask).sum()) if entropy is not None else 0.0
                     sums["tokens"] += float(mask.sum())
                     sums["policy"] += float(policy_loss.detach()) * share
-                forward_s += time.perf_counter() - tick
-                tick = time.perf_counter()
+                forward_s += _clock(device) - tick
+                tick = _clock(device)
                 loss.backward()
-                backward_s += time.perf_counter() - tick
-            tick = time.perf_counter()
+                backward_s += _clock(device) - tick
+            tick = _clock(device)
             limit = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self._parameters, limit))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            optimizer_s = time.perf_counter() - tick
+            optimizer_s = _clock(device) - tick
         finally:
             model.train(was_training)
         self.step_count += 1
@@ -564,6 +565,14 @@ def _capped(ratio: torch.Tensor, advantages: torch.Tensor, settings: _Settings) 
         adv = advantages[:, None]
         return (((adv > 0) & (ratio > 1 + settings.eps_high)) | ((adv < 0) & (ratio < 1 - settings.eps_low))).float()
     return torch.zeros_like(ratio)
+
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work (CUDA kernels run asynchronously, so
+    without the sync the backward pass would be billed to whatever synchronises next)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _old_logprobs(chunk: Sequence[Rollout], current: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fst_env.agents.fst_agent import FSTAgent, FSTConfig
-from fst_env.models import load_policy, tiny_policy
+from fst_env.models import Policy, load_policy, tiny_policy
 
 
 class TimedAgent(FSTAgent):
@@ -35,21 +35,34 @@ class TimedAgent(FSTAgent):
             self.act_seconds += time.perf_counter() - start
 
 
-def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
+def make_policy(args: argparse.Namespace) -> Policy:
+    """The policy ``--model`` names, on ``--device`` in ``--dtype``."""
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.model == "tiny":
-        policy = tiny_policy(0, device=args.device or "cpu", **({"dtype": dtype} if dtype else {}))
-    else:
-        policy = load_policy(args.model, device=args.device, dtype=dtype)
+        return tiny_policy(0, device=args.device or "cpu", **({"dtype": dtype} if dtype else {}))
+    return load_policy(args.model, device=args.device, dtype=dtype)
+
+
+def measure(mode: str, args: argparse.Namespace, policy: Policy | None = None,
+            env_kwargs: dict | None = None, warmup: int = 0) -> tuple[dict[str, float], list[dict]]:
+    """Seconds per update by phase for ``mode`` ("rl" or "fst"), and the metrics of every timed update.
+
+    ``policy`` defaults to :func:`make_policy`; ``env_kwargs`` to ``{"difficulty": "easy"}`` (MathReasoning).
+    The first ``warmup`` updates run untimed (CUDA loads its kernels and libraries on first use).
+    """
+    policy = policy if policy is not None else make_policy(args)
+    env_kwargs = {"difficulty": "easy"} if env_kwargs is None else env_kwargs
     config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
                        fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
                        fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4)
-    agent = TimedAgent(policy, args.env, config, env_kwargs={"difficulty": "easy"})
-    envs = gym.make_vec(args.env, num_envs=args.group_size, difficulty="easy")
+    agent = TimedAgent(policy, args.env, config, env_kwargs=env_kwargs)
+    envs = gym.make_vec(args.env, num_envs=args.group_size, **env_kwargs)
     rng = np.random.default_rng(0)
     totals = {"generation": 0.0, "scoring": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0, "fast": 0.0}
-    fast_rounds = 0
-    for _ in range(args.updates):
+    fast_rounds, history = 0, []
+    for update in range(warmup + args.updates):
+        if update == warmup:
+            totals, fast_rounds, history = dict.fromkeys(totals, 0.0), 0, []
         metrics, agent.act_seconds, scoring = {}, 0.0, 0.0
         while not metrics:
             obs, infos = envs.reset(options={"problem_id": int(rng.integers(1000))})
@@ -61,6 +74,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
             start = time.perf_counter()
             metrics = agent.update()
             update_seconds = time.perf_counter() - start
+        history.append(metrics)
         slow_seconds = metrics.get("slow/time_total_s", 0.0)
         totals["generation"] += agent.act_seconds
         totals["scoring"] += scoring
@@ -74,7 +88,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     per_step["fast_round"] = totals["fast"] / fast_rounds if fast_rounds else float("nan")
     per_step["fast_amortised"] = totals["fast"] / args.updates
     per_step["total"] = sum(v for k, v in per_step.items() if k not in ("fast_round",))
-    return per_step
+    return per_step, history
 
 
 def main() -> None:
@@ -85,12 +99,13 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--groups-per-step", type=int, default=2)
     parser.add_argument("--fast-every", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=0, help="untimed updates first (use 1 on CUDA)")
     parser.add_argument("--fast-problems", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; tiny: cpu)")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on cuda, else fp32)")
     args = parser.parse_args()
-    results = {mode: measure(mode, args) for mode in ("rl", "fst")}
+    results = {mode: measure(mode, args, warmup=args.warmup)[0] for mode in ("rl", "fst")}
     batch = args.group_size * args.groups_per_step
     print(f"seconds per update ({args.model} on {args.device or 'default device'}, batch {batch} = "
           f"{args.groups_per_step} problems x G={args.group_size}, "
