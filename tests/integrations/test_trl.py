@@ -15,7 +15,7 @@ from peft import LoraConfig
 from transformers import TrainerState
 
 import fst_env
-from fst_env.agents.fast import NotesFastLearner, ScoreAcceptance
+from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner, ScoreAcceptance
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.rollout import Rollout
 from fst_env.context import render_context
@@ -345,6 +345,35 @@ def test_fast_rounds_change_the_population_reuse_rollouts_and_reach_the_next_pro
     second_batch = trainer.feedback_buffer.recent(ROWS)
     assert first_child in {r.context_id for r in second_batch}
     assert any(ADVICE in p[0]["content"] for p in trainer._logs["prompt"])
+
+
+class ScriptedReflector:
+    """Stands in for a reflection LM: records GEPA's prompt, answers with the current instruction plus a phrase."""
+
+    def __init__(self, phrase: str) -> None:
+        self.phrase = phrase
+        self.prompts: list[str] = []
+
+    def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        current = prompt.split("```")[1].strip()  # GEPA's template quotes the current instruction first
+        return f"A better instruction:\n```\n{current} {self.phrase}\n```"
+
+
+def test_reflective_learner_with_a_scripted_reflector_changes_the_population(tmp_path):
+    reflector = ScriptedReflector(ADVICE)
+    learner = ReflectiveFastLearner(reflector, minibatch_size=2, proposals_per_round=1, seed=0,
+                                    acceptance=ScoreAcceptance(lambda before, after: True, "accept-all"))
+    trainer = _trainer(tmp_path, args=_config(tmp_path, max_steps=1), fast_learner=learner, fast_every=1,
+                       fast_problems=2)
+    trainer.train()
+    assert len(reflector.prompts) == 1 == trainer.fst_counters["reflection_calls"]
+    # The reflector saw the env's feedback on the RL rollouts of step 1.
+    assert "letters or digits" in reflector.prompts[0] and "## Feedback" in reflector.prompts[0]
+    children = [c for c in trainer.population if c.parent_id is not None and c.id > 1]
+    assert len(children) == 1 and children[0].changed == ["instructions"]
+    parent = trainer.population.context(children[0].parent_id)
+    assert children[0].context["instructions"] == f"{parent['instructions']} {ADVICE}"
 
 
 def test_population_is_broadcast_every_round(run):
