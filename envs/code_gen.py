@@ -32,6 +32,7 @@ from typing import Any
 from fst_env.cards import EnvCard, register_env
 from fst_env.core import Outcome, Problem, TextEnv, Verdict
 from fst_env.envs._codegen_specs import FAMILIES, LEVELS, Spec, draw_spec
+from fst_env.envs._judging import marked_json
 from fst_env.sandbox import SandboxResult, run_python
 from fst_env.splits import ProceduralSplit
 
@@ -396,16 +397,7 @@ class CodeGenEnv(TextEnv):
 
 
 def _records(stdout: str, marker: str) -> list[dict[str, Any]]:
-    records = []
-    for line in stdout.splitlines():
-        if line.startswith(marker):
-            try:
-                record = json.loads(line[len(marker):])
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+    return [record for record in marked_json(stdout, marker) if isinstance(record, dict)]
 
 
 register_env(

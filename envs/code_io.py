@@ -28,6 +28,7 @@ from typing import Any
 from fst_env.cards import EnvCard, register_env
 from fst_env.core import Outcome, Problem, TextEnv, Verdict
 from fst_env.envs._codeio_programs import CONSTRUCTS, generate_program, trace_trusted, traced_program
+from fst_env.envs._judging import marked_json
 from fst_env.sandbox import SandboxResult, run_python
 from fst_env.splits import ProceduralSplit
 
@@ -295,16 +296,9 @@ def _program_error(result: SandboxResult) -> str:
 
 
 def _read_trace(result: SandboxResult, marker: str) -> list[str]:
-    import json
-
-    for line in reversed(result.stderr.splitlines()):
-        if line.startswith(marker):
-            try:
-                events = json.loads(line[len(marker):])
-            except ValueError:
-                return []
-            return [str(e) for e in events] if isinstance(events, list) else []
-    return []
+    traces = marked_json(result.stderr, marker)
+    events = traces[-1] if traces else None
+    return [str(e) for e in events] if isinstance(events, list) else []
 
 
 register_env(

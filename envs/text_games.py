@@ -20,7 +20,7 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from fst_env.cards import EnvCard, register_env
 from fst_env.core import DEFAULT_MAX_RESPONSE_CHARS, Problem, Verdict
@@ -237,7 +237,41 @@ def _config(cls: type, config: Any, overrides: dict[str, Any]) -> Any:
     return config
 
 
-class WordGuessGame(TextAECEnv):
+_ConfigT = TypeVar("_ConfigT")
+
+
+class _DrawnGame(TextAECEnv, Generic[_ConfigT]):
+    """A game whose problems are drawn from its config: the constructor and problem hooks every game here shares.
+
+    ``Game(config=None, *, split, max_response_chars, render_mode, **overrides)``: ``config`` (default:
+    ``config_class()``) with ``overrides`` applied, validated, becomes :attr:`config`; its ``data_seed`` and
+    ``split_sizes`` lay out the split. Subclasses set :attr:`roles` and :attr:`config_class` and implement
+    :meth:`_generate`.
+    """
+
+    roles: ClassVar[tuple[str, ...]]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: _ConfigT | None = None, *, split: str = "train",
+                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, render_mode: str | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(self.roles, split, max_response_chars=max_response_chars, render_mode=render_mode)
+        self.config: _ConfigT = _config(self.config_class, config, overrides)
+        self._problems = ProceduralSplit(self._generate, seed=self.config.data_seed, split=split,
+                                         size=self.config.split_sizes[split])
+
+    def num_problems(self) -> int:
+        return len(self._problems)
+
+    def load_problem(self, problem_id: int) -> Problem:
+        return self._problems[problem_id]
+
+    def _generate(self, index: int) -> Problem:
+        """The problem for generator index ``index``, deterministic in it (the split picks which indices it uses)."""
+        raise NotImplementedError
+
+
+class WordGuessGame(_DrawnGame[WordGuessConfig]):
     """Cooperative word game: the describer clues a secret word, the guesser names it within a few rounds.
 
     Each round the describer moves (a clue) and then the guesser (a guess). A clue is withheld, with feedback
@@ -251,22 +285,9 @@ class WordGuessGame(TextAECEnv):
 
     metadata: ClassVar[dict[str, Any]] = {**TextAECEnv.metadata, "name": "word_guess_v0"}
     roles = ("describer", "guesser")
-
-    def __init__(self, config: WordGuessConfig | None = None, *, split: str = "train",
-                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, render_mode: str | None = None,
-                 **overrides: Any) -> None:
-        super().__init__(self.roles, split, max_response_chars=max_response_chars, render_mode=render_mode)
-        self.config: WordGuessConfig = _config(WordGuessConfig, config, overrides)
-        self._problems = ProceduralSplit(self._generate, seed=self.config.data_seed, split=split,
-                                         size=self.config.split_sizes[split])
+    config_class = WordGuessConfig
 
     # ----------------------------------------------------------------- problems
-    def num_problems(self) -> int:
-        return len(self._problems)
-
-    def load_problem(self, problem_id: int) -> Problem:
-        return self._problems[problem_id]
-
     def _generate(self, index: int) -> Problem:
         rng = random.Random(index)
         category = rng.choice(self.config.categories)
@@ -473,7 +494,7 @@ def _counts_text(items: list[str], counts: list[int] | tuple[int, ...]) -> str:
     return " ".join(f"{item}={n}" for item, n in zip(items, counts, strict=True))
 
 
-class BargainGame(TextAECEnv):
+class BargainGame(_DrawnGame[BargainConfig]):
     """Competitive bargaining: two players split items they value privately by alternating offers.
 
     ``player_0`` moves first; there are at most ``max_turns`` moves. A move is the reply's last non-empty line:
@@ -490,22 +511,9 @@ class BargainGame(TextAECEnv):
 
     metadata: ClassVar[dict[str, Any]] = {**TextAECEnv.metadata, "name": "bargain_v0"}
     roles = ("player_0", "player_1")
-
-    def __init__(self, config: BargainConfig | None = None, *, split: str = "train",
-                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, render_mode: str | None = None,
-                 **overrides: Any) -> None:
-        super().__init__(self.roles, split, max_response_chars=max_response_chars, render_mode=render_mode)
-        self.config: BargainConfig = _config(BargainConfig, config, overrides)
-        self._problems = ProceduralSplit(self._generate, seed=self.config.data_seed, split=split,
-                                         size=self.config.split_sizes[split])
+    config_class = BargainConfig
 
     # ----------------------------------------------------------------- problems
-    def num_problems(self) -> int:
-        return len(self._problems)
-
-    def load_problem(self, problem_id: int) -> Problem:
-        return self._problems[problem_id]
-
     def _generate(self, index: int) -> Problem:
         c = self.config
         rng = random.Random(index)
