@@ -457,8 +457,9 @@ class SlowLearner:
                     sums["entropy"] += float((entropy * mask).sum()) if entropy is not None else 0.0
                     sums["tokens"] += float(mask.sum())
                     sums["policy"] += float(policy_loss.detach()) * share
-                forward_s += _clock(device) - tick
-                tick = _clock(device)
+                now = _clock(device)
+                forward_s += now - tick
+                tick = now
                 loss.backward()
                 backward_s += _clock(device) - tick
             tick = _clock(device)

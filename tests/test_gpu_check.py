@@ -27,7 +27,7 @@ def test_gpu_check_smoke_run_on_cpu(tmp_path):
     assert set(updates["update_seconds"]) == {"rl", "fst"}
     assert all(all(checks.values()) for checks in updates["checks"].values())
     assert updates["update_seconds"]["fst"]["fast_round"] > 0  # a fast round ran within the timed updates
-    assert report["trl"]["trl"]["ok"] and len(report["trl"]["trl"]["losses"]) == 2
+    assert report["trl"]["ok"] and len(report["trl"]["losses"]) == 2
 
 
 def test_gpu_check_refuses_cuda_without_a_device():
