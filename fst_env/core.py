@@ -3,7 +3,9 @@
 Contract (see DESIGN.md):
 - observations and actions are ``str``; ``reset`` returns ``(prompt, info)``;
 - ``step`` returns ``(obs, reward, terminated, truncated, info)`` with ``info["feedback"]`` (a non-empty,
-  human-readable str) and ``info["verdict"]`` (one of :data:`VERDICTS`);
+  human-readable str for the *learner*: it may name the expected answer), ``info["hint"]`` (a non-empty str that
+  may be shown to the *policy* in a later turn: never the expected answer or a working input) and
+  ``info["verdict"]`` (one of :data:`VERDICTS`);
 - the same seed, or ``options={"problem_id": k}``, gives the same problem, and the same action on it the same
   reward and feedback;
 - any ``str`` is a legal action: model output never raises, a non-``str`` action is a caller bug (TypeError).
@@ -98,8 +100,11 @@ class Problem:
 class Outcome:
     """The judge's answer to one action.
 
-    ``terminated=False`` (multi-turn tasks) continues the episode with ``next_observation``, which should
-    carry the feedback so the model can act on it.
+    ``feedback`` is for the learner (fast-weight reflection, logs) and may name the expected answer; ``hint`` is
+    what the policy may see in a later turn (retries, multi-turn tasks) and must not reveal the answer or a
+    working input; ``None`` means the generic hint for the verdict (:func:`default_hint`).
+    ``terminated=False`` (multi-turn tasks) continues the episode with ``next_observation``, which is shown to the
+    policy and so must hold hint-level text only.
     """
 
     reward: float
@@ -108,6 +113,21 @@ class Outcome:
     terminated: bool = True
     next_observation: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    hint: str | None = None
+
+
+_DEFAULT_HINTS: dict[str, str] = {
+    "correct": "Your answer was correct.",
+    "incorrect": "Your answer was incorrect.",
+    "format_error": "Your answer could not be read: it was not in the required format.",
+    "error": "Your answer could not be scored.",
+    "timeout": "Scoring your answer took too long.",
+}
+
+
+def default_hint(verdict: str) -> str:
+    """The hint for a verdict when the task gives none: the verdict in words, nothing about the answer."""
+    return _DEFAULT_HINTS.get(verdict, _DEFAULT_HINTS["error"])
 
 
 class TextEnv(gym.Env[str, str]):
@@ -213,12 +233,13 @@ class TextEnv(gym.Env[str, str]):
         reward = float(np.clip(outcome.reward, low, high)) if np.isfinite(outcome.reward) else low
         info = self._base_info()
         info.update(outcome.info)
-        info.update(feedback=feedback, verdict=verdict, turn=self._turn)
+        hint = (outcome.hint or "").strip() or default_hint(verdict)
+        info.update(feedback=feedback, hint=hint, verdict=verdict, turn=self._turn)
         if outcome.terminated:
             self._needs_reset = True
             observation = feedback
         else:
-            observation = outcome.next_observation or feedback
+            observation = outcome.next_observation or hint
         self._last_text = observation
         return observation, reward, bool(outcome.terminated), False, info
 
