@@ -387,7 +387,10 @@ class SlowLearner:
         completions are dropped. When nothing is left, no step is taken (``skipped = 1``, step counter
         unchanged). Gradients are accumulated over micro-batches so the loss equals the full-batch mean over
         sequences. Metric keys: loss (policy_loss + kl_penalty), policy_loss, kl_penalty, kl, entropy,
-        is_ratio_mean, is_ratio_max, is_capped_frac, grad_norm, lr, step, skipped, n_rollouts, n_trained,
+        is_ratio_mean, is_ratio_max, is_capped_frac, ratio_mean / ratio_min / ratio_max (the importance ratio
+        learner / sampler, ``exp(logp_learner - logp_sampler)``, over trained tokens), logprob_diff_mean (token
+        mean of ``|logp_sampler - logp_learner|``: how far the sampler's numerics, e.g. a bf16 copy, drift from
+        the learner's), grad_norm, lr, step, skipped, n_rollouts, n_trained,
         n_groups, n_zero_variance_groups, n_tokens, reward_mean, time_forward_s, time_backward_s,
         time_optimizer_s, time_total_s. Token metrics are token-weighted means over trained tokens (kl NaN when
         not tracked; token metrics NaN when the step was skipped).
@@ -409,7 +412,8 @@ class SlowLearner:
         if not train:
             nan = float("nan")
             metrics.update(loss=0.0, policy_loss=0.0, kl_penalty=0.0, kl=nan, entropy=nan, is_ratio_mean=nan,
-                           is_ratio_max=nan, is_capped_frac=nan, grad_norm=0.0, n_tokens=0.0, skipped=1.0,
+                           is_ratio_max=nan, is_capped_frac=nan, ratio_mean=nan, ratio_min=nan, ratio_max=nan,
+                           logprob_diff_mean=nan, grad_norm=0.0, n_tokens=0.0, skipped=1.0,
                            step=float(self.step_count), time_forward_s=0.0, time_backward_s=0.0,
                            time_optimizer_s=0.0, time_total_s=time.perf_counter() - start)
             return metrics
@@ -418,8 +422,9 @@ class SlowLearner:
         device = self.policy.device
         was_training = model.training
         model.train()
-        sums = {"policy": 0.0, "kl_loss": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0, "capped": 0.0, "tokens": 0.0}
-        ratio_max = 0.0
+        sums = {"policy": 0.0, "kl_loss": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0, "capped": 0.0, "tokens": 0.0,
+                "logprob_diff": 0.0}
+        ratio_max, ratio_min = 0.0, float("inf")
         forward_s = backward_s = 0.0
         subset = [rollouts[i] for i in train]
         try:
@@ -450,9 +455,12 @@ class SlowLearner:
                     if settings.kl_coef > 0:
                         loss = loss + settings.kl_coef * kl_loss * share
                 with torch.no_grad():
+                    # The importance weight is learner / sampler: old holds the sampler's own log-probs.
                     ratio = torch.exp(logprobs.detach() - old)
                     sums["ratio"] += float((ratio * mask).sum())
                     ratio_max = max(ratio_max, float((ratio * mask).max()))
+                    ratio_min = min(ratio_min, float(ratio.masked_fill(mask == 0, float("inf")).min()))
+                    sums["logprob_diff"] += float(((old - logprobs.detach()).abs() * mask).sum())
                     sums["capped"] += float((_capped(ratio, adv, settings) * mask).sum())
                     sums["entropy"] += float((entropy * mask).sum()) if entropy is not None else 0.0
                     sums["tokens"] += float(mask.sum())
@@ -477,6 +485,8 @@ class SlowLearner:
             kl_penalty=settings.kl_coef * sums["kl_loss"],
             kl=sums["kl"] / tokens if settings.track_kl else float("nan"), entropy=sums["entropy"] / tokens,
             is_ratio_mean=sums["ratio"] / tokens, is_ratio_max=ratio_max, is_capped_frac=sums["capped"] / tokens,
+            ratio_mean=sums["ratio"] / tokens, ratio_min=ratio_min, ratio_max=ratio_max,
+            logprob_diff_mean=sums["logprob_diff"] / tokens,
             grad_norm=grad_norm, n_tokens=tokens, skipped=0.0, step=float(self.step_count),
             time_forward_s=forward_s, time_backward_s=backward_s, time_optimizer_s=optimizer_s,
             time_total_s=time.perf_counter() - start,
