@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fst_env.config import DEFAULT_ENV, MODES, RunConfig, load_config
-from fst_env.loop import ConfigError
+from fst_env.schedule import ConfigError
 
 EXAMPLES = {
     "envs": """examples:

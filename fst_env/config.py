@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fst_env.loop import ConfigError, Schedule, Stage
+from fst_env.schedule import ConfigError, Schedule, Stage
 
 MODES = ("fst", "rl", "prompt")
 DEFAULT_ENV = "fst/MathReasoning-v0"
