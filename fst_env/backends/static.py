@@ -480,7 +480,10 @@ class StaticCacheBackend:
         params = tuple((id(p), p._version) for p in model.parameters())
         # A PEFT wrapper names its active adapters (a property there; a method on plain transformers models).
         adapter = model.active_adapters if hasattr(model, "peft_config") else None
-        return (id(model), params, self._use_base_weights, tuple(adapter) if adapter else None, self.dtype)
+        # ``with model.disable_adapter():`` and merges flip per-layer flags without touching any parameter.
+        layers = tuple((bool(getattr(m, "disable_adapters", False)), tuple(getattr(m, "merged_adapters", ())),
+                        tuple(m.active_adapters)) for m in model.modules() if hasattr(m, "lora_A"))
+        return (id(model), params, self._use_base_weights, tuple(adapter) if adapter else None, layers, self.dtype)
 
     def _current_weights(self) -> SamplerWeights:
         if self._weights is None or self._key != self._weights_key():

@@ -294,3 +294,20 @@ def test_thread_and_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sampling_dtype("cpu") == expected
+
+
+def test_disable_adapter_context_is_seen(policy: Policy) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    policy.model = get_peft_model(policy.model, LoraConfig(r=4, lora_alpha=64, target_modules="all-linear",
+                                                           init_lora_weights=False))
+    backend = _fast(policy)
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+    prompts = _prompts(backend)[:2]
+    adapted = backend.generate(prompts, greedy)
+    with policy.model.disable_adapter():
+        base = backend.generate(prompts, greedy)
+        reference = HFBackend(policy).generate(prompts, greedy)
+    assert _flat(base) == pytest.approx(_flat(reference), abs=1e-5)
+    assert _flat(base) != pytest.approx(_flat(adapted), abs=1e-3)
+    assert _flat(backend.generate(prompts, greedy)) == pytest.approx(_flat(adapted), abs=1e-5)
