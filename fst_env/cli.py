@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from fst_env.config import DEFAULT_ENV, MODES, RunConfig, load_config
-from fst_env.schedule import ConfigError
+from fst_env.schedule import ConfigError, resolve_env_id
 
 EXAMPLES = {
     "envs": """examples:
@@ -37,11 +38,22 @@ Watch it: tensorboard --logdir RUN_DIR/tb ; plots: fst plot RUN_DIR""",
 }
 
 
+_ENV_SPEC = re.compile(r"^(?:(?P<module>[A-Za-z_][\w.]*):)?(?P<id>[^:=]+)(?::(?P<kwargs>.*))?$")
+
+
 def _parse_env(spec: str) -> tuple[str, dict[str, Any]]:
-    """``ID`` or ``ID:key=value,key=value`` (values parsed as JSON when they can be)."""
-    env_id, _, rest = spec.partition(":")
+    """``[module:]ID[:key=value,key=value]`` (values parsed as JSON when they can be).
+
+    A ``module:`` prefix (a dotted Python module name) is imported before the id is looked up, so an env registered
+    in the user's own file (``fst_env.register_task``) can be trained from the command line.
+    """
+    match = _ENV_SPEC.match(spec)
+    if match is None:
+        raise ConfigError(f"--env {spec}: expected [module:]ID[:key=value,...], "
+                          "e.g. fst/MathReasoning-v0:difficulty=easy")
+    env_id = match["id"] if match["module"] is None else f"{match['module']}:{match['id']}"
     kwargs: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, (match["kwargs"] or "").split(",")):
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--env {spec}: expected key=value after ':', got {item!r}")
@@ -125,8 +137,8 @@ def build_agent(config: RunConfig) -> Any:
             other = load_policy(config.reflection_model)
             reflection = from_transformers(other.model, other.tokenizer, disable_adapter=False)
     first = config.stages[0]
-    return FSTAgent(policy, first["env_id"], config.agent_config(), env_kwargs=first.get("env_kwargs", {}),
-                    reflection_lm=reflection)
+    return FSTAgent(policy, resolve_env_id(first["env_id"]), config.agent_config(),
+                    env_kwargs=first.get("env_kwargs", {}), reflection_lm=reflection)
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -192,6 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{'task':44} {'accuracy':>9} {'reward':>8}   (split={args.split}, problems={args.problems}, k={args.k}, "
           f"context={args.context})")
     for env_id, kwargs in tasks:
+        env_id = resolve_env_id(env_id)
         result = agent.evaluate(env_id, split=args.split, problems=args.problems, k=args.k, context=context,
                                 **kwargs)
         print(f"{env_id:44} {result['accuracy']:9.3f} {result['reward_mean']:8.3f}")

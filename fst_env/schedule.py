@@ -5,6 +5,10 @@ Kept free of torch so that the CLI and config files can be parsed and validated 
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +17,35 @@ import gymnasium as gym
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used; the message names the field and what is allowed."""
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered id behind ``env_id``: ``"my_module:myorg/Task-v0"`` imports ``my_module`` first (it registers
+    the id, as with gymnasium's own ``module:EnvId`` strings; the working directory is searched too) and returns
+    ``"myorg/Task-v0"``.
+
+    Raises :class:`ConfigError` (one line) for a module that cannot be imported or an id that is not registered,
+    naming the closest registered ids.
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ConfigError(f"env_id: must be a registered env id such as 'fst/MathReasoning-v0', got {env_id!r}")
+    module, sep, bare = env_id.rpartition(":")
+    if sep:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())  # as `python -m` does: the user's module usually sits where they run `fst`
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"env_id {env_id!r}: cannot import module {module!r} ({exc}); "
+                              "is it on PYTHONPATH (run from its folder)?") from None
+    else:
+        bare = env_id
+    if bare not in gym.registry:
+        close = difflib.get_close_matches(bare, list(gym.registry), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        where = f" after importing {module!r}" if sep else ""
+        raise ConfigError(f"env_id {bare!r} is not registered{where}.{hint} See `fst envs` for every id.")
+    return bare
 
 
 @dataclass
@@ -48,8 +81,10 @@ class Schedule:
         if not self.stages:
             raise ConfigError("schedule.stages: at least one stage is required")
         for i, stage in enumerate(self.stages):
-            if stage.env_id not in gym.registry:
-                raise ConfigError(f"stages[{i}].env_id: {stage.env_id!r} is not registered; see `fst envs`")
+            try:
+                stage.env_id = resolve_env_id(stage.env_id)
+            except ConfigError as exc:
+                raise ConfigError(f"stages[{i}].{exc}") from None
             if isinstance(stage.steps, bool) or not isinstance(stage.steps, int) or stage.steps < 1:
                 raise ConfigError(f"stages[{i}].steps: must be an int >= 1, got {stage.steps!r}")
             try:  # the env's own config check, so a bad kwarg fails here in one line, not mid-run

@@ -1,0 +1,49 @@
+"""`fst train --env module:ID` trains an env registered in the user's own file; env-id mistakes get one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fst_env.cli import _parse_env, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("fst/MathReasoning-v0", ("fst/MathReasoning-v0", {})),
+    ("fst/MathReasoning-v0:difficulty=easy", ("fst/MathReasoning-v0", {"difficulty": "easy"})),
+    ("examples.spelling_task:myorg/Spelling-v0", ("examples.spelling_task:myorg/Spelling-v0", {})),
+    ("my_mod:myorg/Task-v0:n=3,name=x", ("my_mod:myorg/Task-v0", {"n": 3, "name": "x"})),
+    ("mymod:CartPole-v1", ("mymod:CartPole-v1", {})),
+    ("CartPole-v1:max_episode_steps=5", ("CartPole-v1", {"max_episode_steps": 5})),
+])
+def test_env_specs_parse_module_id_and_kwargs(spec, expected):
+    assert _parse_env(spec) == expected
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ("fst/MathReasonng-v0", "Did you mean 'fst/MathReasoning-v0'"),
+    ("no_such_module_xyz:myorg/Task-v0", "cannot import module 'no_such_module_xyz'"),
+    ("examples.spelling_task:myorg/Speling-v0", "Did you mean 'myorg/Spelling-v0'"),
+])
+def test_env_mistakes_are_one_line_with_a_suggestion(env, needle, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["train", "--model", "tiny", "--env", env, "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_custom_env_from_a_users_file_trains_from_the_cli(tmp_path):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "fst_env.cli", "train", "--model", "tiny", "--env",
+         "examples.spelling_task:myorg/Spelling-v0", "--steps", "2", "--group-size", "2", "--groups-per-step", "1",
+         "--fast-every", "1", "--max-new-tokens", "8", "--eval-problems", "2", "--run-dir", str(run_dir), "--quiet"],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "summary.json").exists()
+    summary = (run_dir / "summary.json").read_text()
+    assert "myorg/Spelling-v0" in summary  # held-out evaluation ran on the example's validation split
