@@ -70,7 +70,7 @@ class FSTConfig:
     lora_alpha: int = 32
     full_finetune: bool = False
     micro_batch_size: int = 8
-    backend: str = "hf"
+    backend: str = "fast"  # StaticCacheBackend; "hf" is the transformers reference path
     backend_kwargs: dict[str, Any] = field(default_factory=dict)
     seed_context: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SEED_CONTEXT))
     seed: int = 0
