@@ -1,27 +1,33 @@
-"""Generation throughput: the transformers (HF) backend vs the vLLM backend on the same prompts, side by side.
+"""Generation throughput: the transformers reference path (HF), the new default ("fast") and vLLM, side by side.
 
-Usage: ``python benchmarks/backend_throughput.py [--models tiny,embedded] [--prompts 32] [--max-new-tokens 64]
-[--temperature 1.0] [--lora] [--reserved-cpus N]``. Needs vLLM (``bash scripts/install_vllm_cpu.sh`` on CPU).
+Usage: ``python benchmarks/backend_throughput.py [--models embedded,tiny] [--batches 8,32] [--max-new-tokens 128]
+[--temperature 1.0] [--repeats 3] [--lora] [--device cpu|cuda] [--no-vllm] [--reserved-cpus N]``.
 
-Both backends get the same chat-formatted prompts, sampling parameters and seed; each is warmed up on a few
-prompts first, then the two are timed alternately ``--repeats`` times on all prompts and the median is
-reported (on a shared machine single timings swing by 2-5x). Throughput counts generated tokens (completions
-end early at eos, so the two backends' counts can differ slightly). ``--lora`` serves the policy through a
-rank-16 LoRA adapter on every linear layer (the slow learner's default), as during RL. Engine start-up is
-reported in its own column, not counted in tokens/s. On CPU vLLM reserves one core for its scheduler by default
-(``VLLM_CPU_NUM_OF_RESERVED_CPU``), which on a 2-core machine leaves it one core for compute against the HF
-backend's two; ``--reserved-cpus 0`` changes that.
+Every contender gets the same chat-formatted prompts (as many as the batch size, one chunk), sampling parameters
+and seed; each is warmed up once, then all are timed alternately ``--repeats`` times per batch size and the median
+tok/s is reported with its ratio to HF (alternating keeps them exposed to the same background load; on a shared
+machine single timings swing by 2-5x, so the load average is printed before and after). Throughput counts
+generated tokens (completions end early at eos, so counts differ slightly between backends).
+
+Contenders: ``hf`` is ``HFBackend`` on the policy as loaded (float32 on CPU, bf16 on a bf16 GPU); ``fast`` is
+``StaticCacheBackend`` with its default dtype (``fst_env.models.sampling_dtype``: bf16 on CPUs with AVX512-BF16/
+AMX and on CUDA); ``vllm`` runs when ``vllm`` is importable (and not ``--no-vllm``). ``--lora`` serves the
+policy through a rank-16 LoRA adapter on every linear layer (the slow learner's default), as during RL; the fast
+backend's merge time (the copy made after each slow step) is printed. ``--device cuda`` runs everything on the
+GPU (``fast`` then uses CUDA bf16). Start-up (engine or weight copy) is reported apart from tok/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import statistics
+import subprocess
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the heavy imports wait until after argument parsing
     from fst_env.backends import GenerationBackend, SamplingParams
@@ -30,10 +36,10 @@ if TYPE_CHECKING:  # the heavy imports wait until after argument parsing
 
 @dataclass
 class Timing:
-    """One backend's result on one model: start-up seconds and (seconds, tokens) per timed repeat."""
+    """One backend's result at one batch size: start-up seconds and (seconds, tokens) per timed repeat."""
 
     start_s: float
-    runs: list[tuple[float, int]]
+    runs: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def rates(self) -> list[float]:
@@ -42,6 +48,14 @@ class Timing:
     @property
     def tokens_per_s(self) -> float:
         return statistics.median(self.rates)
+
+
+def uptime() -> str:
+    """The ``uptime`` line (load averages), or os.getloadavg() where the command is missing."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def make_prompts(count: int, seed: int) -> list[list[dict[str, str]]]:
@@ -56,7 +70,7 @@ def make_prompts(count: int, seed: int) -> list[list[dict[str, str]]]:
     return chats
 
 
-def load(model: str, lora: bool) -> Policy:
+def load(model: str, lora: bool, device: str) -> Policy:
     """The policy to benchmark: ``tiny`` (random Llama, head size 32 as vLLM's CPU kernels need) or a
     ``load_policy`` name; wrapped in a rank-16 LoRA adapter when ``lora``."""
     import torch
@@ -64,7 +78,7 @@ def load(model: str, lora: bool) -> Policy:
     from fst_env.models import load_policy, seeded, tiny_policy
 
     policy = tiny_policy(0, hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=256,
-                         num_layers=4) if model == "tiny" else load_policy(model, device="cpu")
+                         num_layers=4, device=device) if model == "tiny" else load_policy(model, device=device)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -78,71 +92,104 @@ def load(model: str, lora: bool) -> Policy:
 
 
 def run(backend: GenerationBackend, prompts: list[str], params: SamplingParams) -> tuple[float, int]:
-    """Seconds and generated tokens for one timed ``generate`` call."""
+    """Seconds and generated tokens for one timed ``generate`` call (CUDA work finished inside the timing)."""
+    import torch
+
     start = time.perf_counter()
     generations = backend.generate(prompts, params)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start, sum(len(g.completion_ids) for g in generations)
 
 
-def bench(model: str, args: argparse.Namespace) -> dict[str, Timing]:
-    from fst_env.backends import HFBackend
-    from fst_env.backends import SamplingParams as Params
+def build(name: str, policy: Policy, batch: int, args: argparse.Namespace) -> Any:
+    """The contender ``name`` serving ``policy`` with chunks of ``batch`` prompts."""
+    if name == "hf":
+        from fst_env.backends import HFBackend
+
+        return HFBackend(policy, batch_size=batch)
+    if name == "fast":
+        from fst_env.backends import StaticCacheBackend
+
+        backend = StaticCacheBackend(policy, batch_size=batch)
+        backend.update_weights()  # the copy (and merge) the agent makes after each slow step: timed as start-up
+        return backend
     from fst_env.backends.vllm import VLLMBackend
 
-    policy = load(model, args.lora)
+    return VLLMBackend(policy, enable_lora=args.lora, max_model_len=1024)
+
+
+def bench(model: str, args: argparse.Namespace, names: list[str]) -> dict[int, dict[str, Timing]]:
+    from fst_env.backends import SamplingParams as Params
+
+    policy = load(model, args.lora, args.device)
     params = Params(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    start = time.perf_counter()
-    hf = HFBackend(policy, batch_size=args.prompts)
-    results = {"hf": Timing(time.perf_counter() - start, [])}
-    start = time.perf_counter()
-    vllm = VLLMBackend(policy, enable_lora=args.lora, max_model_len=1024)
-    results["vllm"] = Timing(time.perf_counter() - start, [])
-    backends = {"hf": hf, "vllm": vllm}
-    prompts = [hf.apply_chat_template(chat) for chat in make_prompts(args.prompts, args.seed)]
-    try:
-        for backend in backends.values():
-            backend.generate(prompts[:args.warmup], params)
-        # Alternating keeps both backends exposed to the same background load.
-        for repeat in range(args.repeats):
-            for name, backend in backends.items():
-                seconds, tokens = run(backend, prompts, params)
-                results[name].runs.append((seconds, tokens))
-                print(f"[{model}] {name} run {repeat + 1}: {tokens} tokens in {seconds:.2f} s", flush=True)
-    finally:
-        vllm.close()
+    results: dict[int, dict[str, Timing]] = {}
+    for batch in args.batches:
+        backends: dict[str, Any] = {}
+        timings: dict[str, Timing] = {}
+        try:
+            for name in names:
+                start = time.perf_counter()
+                backends[name] = build(name, policy, batch, args)
+                timings[name] = Timing(time.perf_counter() - start)
+            prompts = [backends["hf"].apply_chat_template(chat) for chat in make_prompts(batch, args.seed)]
+            for backend in backends.values():
+                backend.generate(prompts, Params(max_new_tokens=8, temperature=args.temperature, seed=args.seed))
+            for repeat in range(args.repeats):
+                for name, backend in backends.items():
+                    seconds, tokens = run(backend, prompts, params)
+                    timings[name].runs.append((seconds, tokens))
+                    print(f"[{model} B={batch}] {name} run {repeat + 1}: {tokens} tokens in {seconds:.2f} s "
+                          f"({tokens / seconds:.1f} tok/s)", flush=True)
+            if "fast" in backends:
+                print(f"[{model} B={batch}] fast: weight copy{' + LoRA merge' if args.lora else ''} "
+                      f"{backends['fast'].merge_seconds:.2f} s, dtype {backends['fast'].dtype}", flush=True)
+        finally:
+            if "vllm" in backends:
+                backends["vllm"].close()
+        results[batch] = timings
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny", help="comma-separated: tiny, embedded, a model dir or hub id")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--models", default="embedded", help="comma-separated: embedded, tiny, a model dir or hub id")
+    parser.add_argument("--batches", default="8,32", help="comma-separated batch sizes (= prompts per call)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--warmup", type=int, default=4, help="prompts in the untimed warm-up call")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend and batch (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora", action="store_true", help="serve through a rank-16 LoRA adapter")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-vllm", action="store_true", help="skip vLLM even when it is importable")
     parser.add_argument("--reserved-cpus", type=int, default=None,
                         help="VLLM_CPU_NUM_OF_RESERVED_CPU (CPU only; vLLM's default reserves 1 core)")
     args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if args.reserved_cpus is not None:
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
+    names = ["hf", "fast"]
+    if not args.no_vllm and importlib.util.find_spec("vllm") is not None:
+        names.append("vllm")
 
     import torch
 
-    rows = []
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        rows.append((model, bench(model, args)))
-    print(f"\n{args.prompts} prompts x up to {args.max_new_tokens} new tokens, T={args.temperature}, "
-          f"lora={args.lora}, torch threads={torch.get_num_threads()}, cpus={os.cpu_count()}")
-    print(f"{'model':<10} {'backend':<7} {'start s':>8} {'tokens':>7} {'median tok/s':>13}  {'all runs tok/s'}")
-    for model, results in rows:
-        for name, timing in results.items():
-            print(f"{model:<10} {name:<7} {timing.start_s:8.2f} {timing.runs[0][1]:7d} {timing.tokens_per_s:13.1f}  "
-                  + " ".join(f"{rate:.1f}" for rate in timing.rates))
-        ratio = results["vllm"].tokens_per_s / results["hf"].tokens_per_s
-        print(f"{model:<10} vllm/hf tokens/s ratio: {ratio:.2f} x")
+    print(f"before: {uptime()}", flush=True)
+    rows = [(model, bench(model, args, names)) for model in [m.strip() for m in args.models.split(",") if m.strip()]]
+    print(f"after: {uptime()}")
+    print(f"\nprompts = batch, up to {args.max_new_tokens} new tokens, T={args.temperature}, lora={args.lora}, "
+          f"device={args.device}, torch threads={torch.get_num_threads()}, cpus={os.cpu_count()}, "
+          f"vllm={'vllm' in names}")
+    print(f"{'model':<10} {'batch':>5} {'backend':<7} {'start s':>8} {'tokens':>7} {'median tok/s':>13} "
+          f"{'x hf':>6}  all runs tok/s")
+    for model, by_batch in rows:
+        for batch, results in by_batch.items():
+            base = results["hf"].tokens_per_s
+            for name, timing in results.items():
+                print(f"{model:<10} {batch:>5} {name:<7} {timing.start_s:8.2f} {timing.runs[0][1]:7d} "
+                      f"{timing.tokens_per_s:13.1f} {timing.tokens_per_s / base:6.2f}  "
+                      + " ".join(f"{rate:.1f}" for rate in timing.rates))
 
 
 if __name__ == "__main__":
