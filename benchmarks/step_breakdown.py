@@ -95,6 +95,8 @@ def measure(mode: str, args: argparse.Namespace, policy: Policy | None = None,
     per_step["fast_round"] = totals["fast"] / fast_rounds if fast_rounds else float("nan")
     per_step["fast_amortised"] = totals["fast"] / args.updates
     per_step["total"] = sum(v for k, v in per_step.items() if k not in ("fast_round",))
+    # The fast backend's last weight copy + LoRA merge (made after each slow step; NaN for other backends).
+    per_step["merge_s"] = float(getattr(agent.backend, "merge_seconds", float("nan")))
     ratios = [m for m in history if m.get("slow/skipped", 1.0) == 0.0]
     per_step["ratio_min"] = min((m["slow/ratio_min"] for m in ratios), default=float("nan"))
     per_step["ratio_max"] = max((m["slow/ratio_max"] for m in ratios), default=float("nan"))
@@ -134,7 +136,8 @@ def main() -> None:
     print(f"FST / RL time per update: {results['fst']['total'] / results['rl']['total']:.2f}x")
     for key in ("ratio_mean", "ratio_min", "ratio_max", "logprob_diff_mean"):
         print(f"slow/{key:20} {results['rl'][key]:10.4f} {results['fst'][key]:10.4f}")
-    print(f"backend: {args.backend or FSTConfig().backend}")
+    print(f"backend: {args.backend or FSTConfig().backend}; last weight copy + LoRA merge "
+          f"{results['rl']['merge_s']:.3f} s (RL) / {results['fst']['merge_s']:.3f} s (FST)")
     print("after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
