@@ -11,10 +11,13 @@ generated tokens (completions end early at eos, so counts differ slightly betwee
 
 Contenders: ``hf`` is ``HFBackend`` on the policy as loaded (float32 on CPU, bf16 on a bf16 GPU); ``fast`` is
 ``StaticCacheBackend`` with its default dtype (``fst_env.models.sampling_dtype``: bf16 on CPUs with AVX512-BF16/
-AMX and on CUDA); ``vllm`` runs when ``vllm`` is importable (and not ``--no-vllm``). ``--lora`` serves the
+AMX and on CUDA); ``fast32h`` the same with a float32 output head (``float32_head=True``); ``vllm`` runs when
+``vllm`` is importable (and not ``--no-vllm``). ``--lora`` serves the
 policy through a rank-16 LoRA adapter on every linear layer (the slow learner's default), as during RL; the fast
 backend's merge time (the copy made after each slow step) is printed. ``--device cuda`` runs everything on the
-GPU (``fast`` then uses CUDA bf16). Start-up (engine or weight copy) is reported apart from tok/s.
+GPU (``fast`` then uses CUDA bf16). Start-up (engine or weight copy) is reported apart from tok/s. Unless
+``--no-ratio``, the last timed generations at the first batch size are re-scored by the policy as loaded (the
+learner's weights and dtype) and the importance ratio learner / sampler per token is summarised.
 """
 
 from __future__ import annotations
@@ -91,15 +94,41 @@ def load(model: str, lora: bool, device: str) -> Policy:
     return policy
 
 
-def run(backend: GenerationBackend, prompts: list[str], params: SamplingParams) -> tuple[float, int]:
-    """Seconds and generated tokens for one timed ``generate`` call (CUDA work finished inside the timing)."""
+def run(backend: GenerationBackend, prompts: list[str], params: SamplingParams) -> tuple[float, int, list[Any]]:
+    """Seconds, generated tokens and the generations of one timed ``generate`` call (CUDA work finished inside)."""
     import torch
 
     start = time.perf_counter()
     generations = backend.generate(prompts, params)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start, sum(len(g.completion_ids) for g in generations)
+    return time.perf_counter() - start, sum(len(g.completion_ids) for g in generations), generations
+
+
+def ratio_stats(policy: Policy, generations: list[Any], temperature: float) -> dict[str, float]:
+    """The importance ratio learner / sampler per completion token, the learner being ``policy.model`` as loaded
+    (float32 on CPU) recomputing each sampled token's log-prob teacher-forced, as the slow learner does."""
+    import torch
+
+    from fst_env.agents.slow import TokenBatch, token_logprobs
+
+    pad = policy.tokenizer.pad_token_id or 0
+    diffs: list[torch.Tensor] = []
+    for start in range(0, len(generations), 4):
+        chunk = [g for g in generations[start:start + 4] if g.completion_ids]
+        if not chunk:
+            continue
+        batch = TokenBatch.collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk], pad,
+                                   policy.device)
+        with torch.no_grad():
+            learner = token_logprobs(policy.model, batch, temperature=temperature or 1.0)[0].cpu()
+        for row, g in enumerate(chunk):
+            diffs.append(learner[row, :len(g.logprobs)] - torch.tensor(g.logprobs))
+    delta = torch.cat(diffs)
+    ratio = delta.exp()
+    return {"ratio_mean": float(ratio.mean()), "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
+            "outside_0.8_1.2": float(((ratio < 0.8) | (ratio > 1.2)).float().mean()),
+            "logprob_diff_mean": float(delta.abs().mean()), "tokens": float(delta.numel())}
 
 
 def build(name: str, policy: Policy, batch: int, args: argparse.Namespace) -> Any:
@@ -108,10 +137,10 @@ def build(name: str, policy: Policy, batch: int, args: argparse.Namespace) -> An
         from fst_env.backends import HFBackend
 
         return HFBackend(policy, batch_size=batch)
-    if name == "fast":
+    if name in ("fast", "fast32h"):
         from fst_env.backends import StaticCacheBackend
 
-        backend = StaticCacheBackend(policy, batch_size=batch)
+        backend = StaticCacheBackend(policy, batch_size=batch, float32_head=name == "fast32h")
         backend.update_weights()  # the copy (and merge) the agent makes after each slow step: timed as start-up
         return backend
     from fst_env.backends.vllm import VLLMBackend
@@ -119,12 +148,14 @@ def build(name: str, policy: Policy, batch: int, args: argparse.Namespace) -> An
     return VLLMBackend(policy, enable_lora=args.lora, max_model_len=1024)
 
 
-def bench(model: str, args: argparse.Namespace, names: list[str]) -> dict[int, dict[str, Timing]]:
+def bench(model: str, args: argparse.Namespace, names: list[str]
+          ) -> tuple[dict[int, dict[str, Timing]], dict[str, dict[str, float]]]:
     from fst_env.backends import SamplingParams as Params
 
     policy = load(model, args.lora, args.device)
     params = Params(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     results: dict[int, dict[str, Timing]] = {}
+    ratios: dict[str, dict[str, float]] = {}
     for batch in args.batches:
         backends: dict[str, Any] = {}
         timings: dict[str, Timing] = {}
@@ -138,8 +169,10 @@ def bench(model: str, args: argparse.Namespace, names: list[str]) -> dict[int, d
                 backend.generate(prompts, Params(max_new_tokens=8, temperature=args.temperature, seed=args.seed))
             for repeat in range(args.repeats):
                 for name, backend in backends.items():
-                    seconds, tokens = run(backend, prompts, params)
+                    seconds, tokens, generations = run(backend, prompts, params)
                     timings[name].runs.append((seconds, tokens))
+                    if batch == args.batches[0] and repeat == args.repeats - 1 and not args.no_ratio:
+                        ratios[name] = ratio_stats(policy, generations, args.temperature)
                     print(f"[{model} B={batch}] {name} run {repeat + 1}: {tokens} tokens in {seconds:.2f} s "
                           f"({tokens / seconds:.1f} tok/s)", flush=True)
             if "fast" in backends:
@@ -149,7 +182,7 @@ def bench(model: str, args: argparse.Namespace, names: list[str]) -> dict[int, d
             if "vllm" in backends:
                 backends["vllm"].close()
         results[batch] = timings
-    return results
+    return results, ratios
 
 
 def main() -> None:
@@ -163,13 +196,14 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="serve through a rank-16 LoRA adapter")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-vllm", action="store_true", help="skip vLLM even when it is importable")
+    parser.add_argument("--no-ratio", action="store_true", help="skip the learner/sampler ratio check")
     parser.add_argument("--reserved-cpus", type=int, default=None,
                         help="VLLM_CPU_NUM_OF_RESERVED_CPU (CPU only; vLLM's default reserves 1 core)")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if args.reserved_cpus is not None:
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
-    names = ["hf", "fast"]
+    names = ["hf", "fast", "fast32h"]
     if not args.no_vllm and importlib.util.find_spec("vllm") is not None:
         names.append("vllm")
 
@@ -183,13 +217,20 @@ def main() -> None:
           f"vllm={'vllm' in names}")
     print(f"{'model':<10} {'batch':>5} {'backend':<7} {'start s':>8} {'tokens':>7} {'median tok/s':>13} "
           f"{'x hf':>6}  all runs tok/s")
-    for model, by_batch in rows:
+    for model, (by_batch, _) in rows:
         for batch, results in by_batch.items():
             base = results["hf"].tokens_per_s
             for name, timing in results.items():
                 print(f"{model:<10} {batch:>5} {name:<7} {timing.start_s:8.2f} {timing.runs[0][1]:7d} "
                       f"{timing.tokens_per_s:13.1f} {timing.tokens_per_s / base:6.2f}  "
                       + " ".join(f"{rate:.1f}" for rate in timing.rates))
+
+    if not args.no_ratio:
+        print(f"\nimportance ratio learner (policy as loaded) / sampler per token, batch {args.batches[0]}, "
+              "last timed run")
+        for model, (_, ratios) in rows:
+            for name, stats in ratios.items():
+                print(f"{model:<10} {name:<7} " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
 
 
 if __name__ == "__main__":

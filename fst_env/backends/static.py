@@ -150,6 +150,7 @@ class SamplerWeights:
     eps: float
     dtype: torch.dtype
     packed: bool = False  # matmul weights are in oneDNN's blocked layout (use :meth:`linear`)
+    head_packed: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ weight.T + bias`` for one of this copy's matmul weights (packed or plain)."""
@@ -159,11 +160,14 @@ class SamplerWeights:
 
     @classmethod
     def from_model(cls, model: Any, *, dtype: torch.dtype, device: torch.device, use_adapters: bool = True,
-                   max_positions: int | None = None, pack_hint: int | None = None) -> SamplerWeights:
+                   max_positions: int | None = None, pack_hint: int | None = None,
+                   float32_head: bool = False) -> SamplerWeights:
         """Copy (and merge) ``model``'s weights; raises ValueError when :func:`unsupported_reason` names a reason.
 
         ``pack_hint`` (a typical batch size): on CPU in bfloat16, reorder the matmul weights once into oneDNN's
         blocked layout (bit-identical results, ~1.5x faster skinny matmuls) when this torch build offers it.
+        ``float32_head``: keep the output head in float32, so the logits (and log-probs) are not rounded to the
+        sampling dtype (costs a float32 vocabulary matmul per step).
         """
         reason = unsupported_reason(model)
         if reason:
@@ -204,7 +208,10 @@ class SamplerWeights:
             if head_bias is not None:
                 raise ValueError("StaticCacheBackend cannot run this model: lm_head has a bias; use backend='hf'")
             # Tied embeddings stay one tensor (no second 28M-parameter copy for SmolLM2).
-            lm_head = embed if head_weight is embed_source else cast(head_weight)
+            if float32_head and dtype != torch.float32:
+                lm_head = head_weight.detach().to(device=device, dtype=torch.float32).clone()
+            else:
+                lm_head = embed if head_weight is embed_source else cast(head_weight)
             num_heads = int(config.num_attention_heads)
             head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // num_heads)
             positions = int(max_positions or getattr(config, "max_position_embeddings", 4096))
@@ -226,7 +233,9 @@ class SamplerWeights:
         for layer in self.layers:
             for name in ("wqkv", "wo", "wgate_up", "wdown"):
                 setattr(layer, name, reorder(getattr(layer, name), hint))
-        self.lm_head = reorder(self.lm_head, hint)  # a tied head gets its own packed copy; embed stays plain
+        if self.lm_head.dtype == self.dtype:  # a tied head gets its own packed copy; embed stays plain
+            self.lm_head = reorder(self.lm_head, hint)
+            self.head_packed = True
         self.packed = True
 
 
@@ -302,7 +311,11 @@ class _Decoder:
         return x + w.linear(F.silu(gate) * up, layer.wdown, layer.bdown)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w.linear(_rms_norm(x, self.w.final_norm, self.w.eps), self.w.lm_head, None).float()
+        w = self.w
+        hidden = _rms_norm(x, w.final_norm, w.eps)
+        if w.head_packed:
+            return w.linear(hidden, w.lm_head, None).float()
+        return F.linear(hidden.to(w.lm_head.dtype), w.lm_head).float()
 
     def prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run left-padded prompts ``[B, W]`` into cache slots ``0..W-1``; the last column's logits [B, V] (fp32)."""
@@ -379,7 +392,9 @@ class StaticCacheBackend:
     ``batch_size`` and returns completions in input order, like :class:`~fst_env.backends.hf.HFBackend`.
     ``dtype`` defaults to :func:`fst_env.models.sampling_dtype` for the policy's device. ``compact_at``: when at
     least this fraction of a batch's rows have finished, the finished rows are dropped from the cache (a copy),
-    so the rest decode a smaller batch. ``threads`` (or ``$FST_ENV_THREADS``) sets torch's intra-op threads
+    so the rest decode a smaller batch. ``float32_head``: compute the logits with a float32 output head even when
+    the rest runs in bf16 (log-probs closer to a float32 learner's, at a float32 vocabulary matmul per step).
+    ``threads`` (or ``$FST_ENV_THREADS``) sets torch's intra-op threads
     (:func:`fst_env.models.configure_threads`). ``merge_seconds`` is the time of the last weight copy/merge.
     """
 
@@ -387,7 +402,7 @@ class StaticCacheBackend:
     trainable = True
 
     def __init__(self, policy: Policy, *, batch_size: int = 32, dtype: torch.dtype | None = None,
-                 compact_at: float = 0.25, threads: int | None = None) -> None:
+                 compact_at: float = 0.25, float32_head: bool = False, threads: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"StaticCacheBackend: batch_size must be >= 1, got {batch_size}")
         if not 0 < compact_at <= 1:
@@ -400,6 +415,7 @@ class StaticCacheBackend:
         self.batch_size = batch_size
         self.dtype = dtype if dtype is not None else sampling_dtype(policy.device)
         self.compact_at = compact_at
+        self.float32_head = float32_head
         self.merge_seconds = float("nan")
         self._use_base_weights = False
         self._weights: SamplerWeights | None = None
@@ -497,7 +513,7 @@ class StaticCacheBackend:
         self._weights = None  # drop the old copy first: peak memory is one copy, not two
         self._weights = SamplerWeights.from_model(model, dtype=self.dtype, device=self.policy.device,
                                                   use_adapters=not self._use_base_weights,
-                                                  pack_hint=self.batch_size)
+                                                  pack_hint=self.batch_size, float32_head=self.float32_head)
         self._key = self._weights_key()
         self.merge_seconds = time.perf_counter() - start
 

@@ -250,9 +250,12 @@ def test_set_adapter_none_serves_the_base_weights(policy: Policy) -> None:
         backend.set_adapter("nope")
 
 
-def test_bfloat16_copy_stays_close_to_the_float32_policy(policy: Policy) -> None:
-    backend = StaticCacheBackend(policy, dtype=torch.bfloat16)
-    assert backend._current_weights().embed.dtype == torch.bfloat16
+@pytest.mark.parametrize("float32_head", [False, True])
+def test_bfloat16_copy_stays_close_to_the_float32_policy(policy: Policy, float32_head: bool) -> None:
+    backend = StaticCacheBackend(policy, dtype=torch.bfloat16, float32_head=float32_head)
+    weights = backend._current_weights()
+    assert weights.embed.dtype == torch.bfloat16 and weights.layers[0].wqkv.dtype == torch.bfloat16
+    assert weights.lm_head.dtype == (torch.float32 if float32_head else torch.bfloat16)
     assert policy.model.dtype == torch.float32  # the learner's weights are untouched
     for generation in backend.generate(_prompts(backend), SamplingParams(max_new_tokens=12, seed=5)):
         reference = _reference_logprobs(policy, generation.prompt_ids, generation.completion_ids, 1.0)
