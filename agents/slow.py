@@ -157,17 +157,21 @@ class TokenBatch:
                    mask.to(device))
 
 
-def token_logprobs(model: Any, batch: TokenBatch, *, temperature: float = 1.0,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(model: Any, batch: TokenBatch, *, temperature: float = 1.0, with_entropy: bool = False,
+                   autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token ``log_softmax(logits / temperature)`` of ``batch.targets`` [B, C] (differentiable), and
     optionally the per-token entropy of that distribution [B, C] (detached). Padding positions hold junk:
-    multiply by ``batch.mask``.
+    multiply by ``batch.mask``. ``autocast``: run the model's matmuls under bfloat16 autocast (the weights, LoRA
+    included, stay in their own dtype; the log-softmax is float32 either way).
     """
     length = batch.targets.shape[1]
+    device_type = batch.input_ids.device.type
     # The last input token predicts nothing we score; only the logits over the completion span are computed.
-    logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                               position_ids=batch.position_ids[:, :-1], use_cache=False,
-                               logits_to_keep=length).logits.float()
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
+                                   logits_to_keep=length).logits
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     normaliser = torch.logsumexp(logits, dim=-1)
@@ -237,6 +241,7 @@ class _Settings:
     weight_decay: float
     track_kl: bool
     seed: int
+    autocast: bool = False
 
 
 class SlowLearner:
@@ -254,14 +259,17 @@ class SlowLearner:
     LoRA and 1e-6 for full fine-tuning. ``loss``: ``"cispo"`` (cap ``tau``), ``"grpo_clip"`` (``eps_low``,
     ``eps_high``) or ``"reinforce"``. ``micro_batch_size`` rollouts go through each forward/backward (the
     gradient is accumulated, so it does not change the update); ``max_grad_norm=None`` disables clipping;
-    ``seed`` fixes the LoRA initialisation.
+    ``seed`` fixes the LoRA initialisation. ``autocast=True`` runs the learner's forward passes under bfloat16
+    autocast with the LoRA weights, gradients and optimizer state kept in float32 (~2x faster forward + backward
+    on CPUs with AVX512-BF16/AMX for a SmolLM2-shaped random-weight model). Off by default: the float32 learner
+    stays the reference the importance ratio is measured against until its effect on trained runs is measured.
     """
 
     def __init__(self, policy: Policy, *, lora: LoraSettings | None = DEFAULT_LORA, lr: float | None = None,
                  loss: LossName = "cispo", tau: float = 4.0, eps_low: float = 0.2,
                  eps_high: float = 0.2, kl_coef: float = 0.0, max_grad_norm: float | None = 1.0,
                  micro_batch_size: int = 8, temperature: float = 1.0, weight_decay: float = 0.0,
-                 track_kl: bool | None = None, seed: int = 0) -> None:
+                 track_kl: bool | None = None, seed: int = 0, autocast: bool = False) -> None:
         if loss not in LOSSES:
             raise ValueError(f"SlowLearner: loss must be one of {list(LOSSES)}, got {loss!r}")
         if lora is not None:
@@ -286,7 +294,7 @@ class SlowLearner:
             eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef, max_grad_norm=max_grad_norm,
             micro_batch_size=micro_batch_size, temperature=temperature, weight_decay=weight_decay,
             track_kl=(lora is not None or kl_coef > 0) if track_kl is None else bool(track_kl) or kl_coef > 0,
-            seed=seed)
+            seed=seed, autocast=bool(autocast))
         self._reference: Any = None
         if lora is not None:
             from peft import LoraConfig, get_peft_model
@@ -325,11 +333,13 @@ class SlowLearner:
         """Log-probs under the initial weights (adapter disabled, or the frozen copy), no grad."""
         with torch.no_grad():
             if self._reference is not None:
-                return token_logprobs(self._reference, batch, temperature=self.settings.temperature)[0]
+                return token_logprobs(self._reference, batch, temperature=self.settings.temperature,
+                                      autocast=self.settings.autocast)[0]
             if not hasattr(self.model, "disable_adapter"):
                 raise RuntimeError("SlowLearner: no reference weights (full fine-tuning built with track_kl off)")
             with self.model.disable_adapter():
-                return token_logprobs(self.model, batch, temperature=self.settings.temperature)[0]
+                return token_logprobs(self.model, batch, temperature=self.settings.temperature,
+                                      autocast=self.settings.autocast)[0]
 
     def score(self, rollouts: Sequence[Rollout], *, reference: bool = False,
               with_entropy: bool = False) -> TokenScores:
@@ -354,6 +364,7 @@ class SlowLearner:
                         values, ent = self._reference_logprobs(batch), None
                     else:
                         values, ent = token_logprobs(model, batch, temperature=self.settings.temperature,
+                                                     autocast=self.settings.autocast,
                                                      with_entropy=with_entropy)
                 for slot, i in enumerate(indices):
                     n = len(rollouts[i].completion_ids)
@@ -435,6 +446,7 @@ class SlowLearner:
                 batch = self._collate(chunk)
                 adv = advantages[[train[i] for i in indices]].to(batch.mask.device)
                 logprobs, entropy = token_logprobs(model, batch, temperature=settings.temperature,
+                                                   autocast=settings.autocast,
                                                    with_entropy=True)
                 old = _old_logprobs(chunk, logprobs)
                 mask = batch.mask

@@ -314,3 +314,16 @@ def test_disable_adapter_context_is_seen(policy: Policy) -> None:
     assert _flat(base) == pytest.approx(_flat(reference), abs=1e-5)
     assert _flat(base) != pytest.approx(_flat(adapted), abs=1e-3)
     assert _flat(backend.generate(prompts, greedy)) == pytest.approx(_flat(adapted), abs=1e-5)
+
+
+def test_bf16_autocast_learner_keeps_float32_lora_and_a_ratio_near_one(policy: Policy) -> None:
+    learner = SlowLearner(policy, temperature=1.0, autocast=True, lr=1e-2)
+    rollouts = _rollouts(StaticCacheBackend(policy, dtype=torch.bfloat16),
+                         SamplingParams(max_new_tokens=10, seed=1))
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+    metrics = learner.step(rollouts)
+    assert all(p.dtype == torch.float32 for p in learner.model.parameters())
+    after = {n: p.detach() for n, p in learner.model.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the float32 LoRA weights moved
+    assert 0.9 < metrics["ratio_min"] <= metrics["ratio_mean"] <= metrics["ratio_max"] < 1.1
+    assert 0 < metrics["logprob_diff_mean"] < 0.03  # both bf16, but not the same numerics: close, not equal
