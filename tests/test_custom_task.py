@@ -286,3 +286,148 @@ def test_example_file_is_short_and_matches_readme() -> None:
     block = _readme_block()
     if block is not None:
         assert block.strip() == text.strip(), "README.md must include docs/custom_env_example.py verbatim"
+
+
+# ----------------------------------------------------------------------------- reward_fn guard
+@pytest.mark.parametrize("raw, reward", [(7.0, 1.0), (-3.0, 0.0)])
+def test_out_of_range_reward_is_clipped_and_reported(raw: float, reward: float) -> None:
+    env_id = fst_env.register_task("test/OutOfRange-v0", _problems(), lambda r, p: raw)
+    env = gym.make(env_id)
+    env.reset(options={"problem_id": 0})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, got, _, _, info = env.step("apple")
+    assert got == reward and info["reward_clipped"] is True and info["raw_reward"] == raw
+    assert "clipped" in info["feedback"] and env.unwrapped.clipped_count == 1
+    assert any("outside the declared reward_range" in str(w.message) for w in caught)
+    _, _, _, _, info = _step(fst_env.register_task("test/InRange-v0", _problems(), lambda r, p: 0.5), "apple")
+    assert "reward_clipped" not in info
+
+
+def _numpy_and_torch_values() -> list:
+    import numpy as np
+
+    values = [np.float32(1.0), np.int64(1), np.float64(1.0), np.array(1.0), np.array(1, dtype=np.int32)]
+    torch = pytest.importorskip("torch")
+    return [*values, torch.tensor(1.0), torch.tensor(1, dtype=torch.int64)]
+
+
+@pytest.mark.parametrize("value", _numpy_and_torch_values(), ids=repr)
+def test_numpy_scalars_and_zero_d_tensors_are_numbers(value: object) -> None:
+    env_id = fst_env.register_task("test/Numeric-v0", _problems(), lambda r, p: value)
+    _, reward, _, _, info = _step(env_id, "apple")
+    assert (reward, info["verdict"]) == (1.0, "correct")
+    _, reward, _, _, info = _step(fst_env.register_task("test/NumericPair-v0", _problems(),
+                                                        lambda r, p: (value * 0.5, "half")), "apple")
+    assert (reward, info["verdict"], info["feedback"]) == (0.5, "incorrect", "half")
+
+
+def test_non_scalar_arrays_complex_and_strings_are_errors() -> None:
+    import numpy as np
+    import torch
+
+    for value in (np.array([1.0]), np.array([[1.0]]), torch.tensor([1.0]), torch.tensor(1 + 1j), 1 + 0j,
+                  np.complex64(1), torch.tensor(True), np.bool_(True), "1.0", math.nan, np.float32("nan"),
+                  torch.tensor(float("inf"))):
+        env_id = fst_env.register_task("test/NotAReal-v0", _problems(), lambda r, p, v=value: v)
+        _, reward, _, _, info = _step(env_id, "apple")
+        assert (reward, info["verdict"]) == (0.0, "error"), value
+        assert "finite real number" in info["feedback"] and info["error"], value
+
+
+def test_importing_fst_env_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fst_env, numpy as np; fst_env.register_task('t/N-v0', [{'prompt': 'p'}], "
+            "lambda r, p: np.float32(1)); import gymnasium as gym; e = gym.make('t/N-v0'); e.reset(); "
+            "print(e.step('x')[1], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["1.0", "False"]
+
+
+def test_slow_reward_fn_times_out_within_the_deadline() -> None:
+    import time
+
+    def slow(response: str, problem: dict) -> float:
+        time.sleep(30)
+        return 1.0
+
+    env_id = fst_env.register_task("test/Slow-v0", _problems(), slow, reward_timeout_s=0.5)
+    start = time.perf_counter()
+    _, reward, terminated, _, info = _step(env_id, "apple")
+    assert time.perf_counter() - start < 0.5 + 1.0
+    assert (reward, terminated, info["verdict"]) == (0.0, True, "timeout")
+    assert "0.5 s deadline" in info["feedback"] and info["error"]
+
+
+def test_stuck_calls_are_bounded() -> None:
+    import threading
+    import time
+
+    from fst_env import custom
+
+    release = threading.Event()
+    calls = []
+
+    def hang(response: str, problem: dict) -> float:
+        calls.append(1)
+        release.wait(30)
+        return 1.0
+
+    env_id = fst_env.register_task("test/Hang-v0", _problems(), hang, reward_timeout_s=0.05)
+    before = custom._stuck_calls  # other tests' timed-out calls may still be running
+    try:
+        for _ in range(custom.MAX_STUCK_CALLS + 3):
+            _, _, _, _, info = _step(env_id, "apple")
+            assert info["verdict"] == "timeout"
+        assert len(calls) <= custom.MAX_STUCK_CALLS - before  # no new thread once the bound is reached
+        assert "still running" in info["feedback"]
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while custom._stuck_calls > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert custom._stuck_calls <= before  # released calls are no longer counted
+    fast = fst_env.register_task("test/AfterHang-v0", _problems(), _exact, reward_timeout_s=0.5)
+    assert _step(fast, "apple")[1] == 1.0
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), GeneratorExit("gen"), ValueError("bad value")], ids=repr)
+def test_base_exceptions_are_caught_into_info_error(exc: BaseException) -> None:
+    def boom(response: str, problem: dict) -> float:
+        raise exc
+
+    for timeout in (5.0, None):  # in the worker thread and inline
+        env_id = fst_env.register_task("test/Boom-v0", _problems(), boom, reward_timeout_s=timeout)
+        _, reward, _, _, info = _step(env_id, "apple")
+        assert (reward, info["verdict"]) == (0.0, "error")
+        assert info["error"].startswith(type(exc).__name__) and type(exc).__name__ in info["feedback"]
+
+
+def test_keyboard_interrupt_still_stops() -> None:
+    def interrupt(response: str, problem: dict) -> float:
+        raise KeyboardInterrupt
+
+    for timeout in (5.0, None):
+        env_id = fst_env.register_task("test/Interrupt-v0", _problems(), interrupt, reward_timeout_s=timeout)
+        with pytest.raises(KeyboardInterrupt):
+            _step(env_id, "apple")
+
+
+def test_bad_timeout_and_range_are_refused() -> None:
+    for bad in (0, -1, math.inf, "5", True):
+        with pytest.raises(ValueError, match="reward_timeout_s"):
+            fst_env.register_task("test/BadTimeout-v0", _problems(), _exact, reward_timeout_s=bad)
+    with pytest.raises(ValueError, match="reward_range"):
+        fst_env.register_task("test/BadRange-v0", _problems(), _exact, reward_range=(1.0, 0.0))
+
+
+def test_default_hint_never_names_the_answer_and_hint_fn_is_used() -> None:
+    env_id = fst_env.register_task("test/Hint-v0", _problems(), _exact)
+    _, _, _, _, info = _step(env_id, "pear", problem_id=1)
+    assert "river" in info["feedback"] and "river" not in info["hint"] and "reward 0 of 1" in info["hint"]
+    env_id = fst_env.register_task("test/HintFn-v0", _problems(), _exact,
+                                   hint_fn=lambda r, p, reward: f"{len(r)} letters is not it")
+    _, _, _, _, info = _step(env_id, "pear", problem_id=1)
+    assert info["hint"] == "4 letters is not it"
