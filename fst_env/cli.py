@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fst_env.checkpoints import CheckpointError, find_checkpoint
 from fst_env.config import DEFAULT_ENV, MODES, RunConfig, load_config
 from fst_env.schedule import ConfigError, resolve_env_id
 
@@ -163,8 +164,10 @@ def cmd_train(args: argparse.Namespace, mode_override: str | None = None) -> int
     run_dir = Path(args.run_dir or f"runs/{config.mode}")
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.json"
-    if args.resume and saved.exists():
-        config = RunConfig.from_dict(json.loads(saved.read_text())).validate()
+    if args.resume:
+        find_checkpoint(run_dir, report=None)  # fail in one line before the model loads if nothing validates
+        if saved.exists():
+            config = _saved_config(saved)
     saved.write_text(json.dumps(config.to_dict(), indent=2))
     agent = build_agent(config)
     summary = train(agent, config.build_schedule(), run_dir=run_dir, seed=config.seed, resume=args.resume,
@@ -180,16 +183,27 @@ def cmd_train(args: argparse.Namespace, mode_override: str | None = None) -> int
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from fst_env.loop import latest_checkpoint
+def _saved_config(path: Path) -> RunConfig:
+    """The run config a run directory saved, validated; a missing or unreadable file is one ConfigError line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--run-dir: {path} does not exist (not a `fst train` run directory?)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable run config ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a run config (a JSON object is expected)")
+    return RunConfig.from_dict(data).validate()
 
+
+def cmd_eval(args: argparse.Namespace) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir)
-        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
-        agent = build_agent(config)
-        checkpoint = latest_checkpoint(run_dir)
+        config = _saved_config(run_dir / "config.json")
+        checkpoint = find_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"--run-dir: {run_dir} has no checkpoint yet")
+        agent = build_agent(config)
         agent.load(checkpoint / "agent")
         tasks = [(s["env_id"], s.get("env_kwargs", {})) for s in config.stages]
     else:
@@ -321,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"fst {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:  # a run that cannot be resumed: not a usage error, so its own exit status
+        print(f"fst {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ future), which builds the stage x task accuracy matrix.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -20,8 +19,14 @@ import gymnasium as gym
 import numpy as np
 
 from fst_env.agents.fst_agent import FSTAgent
+from fst_env.checkpoints import (
+    CheckpointError,
+    find_checkpoint,
+    read_position,
+    report_to_stderr,
+    save_checkpoint,
+)
 from fst_env.logging import RunLogger, write_text_atomic
-from fst_env.models import atomic_directory
 from fst_env.schedule import ConfigError, Schedule, Stage
 
 
@@ -68,10 +73,8 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
     logger = RunLogger(run_dir, tensorboard=tensorboard, resume=resume) if run_dir is not None else None
     position = {"stage": 0, "stage_step": 0, "step": 0, "evals": [], "stage_ends": [], "baseline": None}
     checkpoints = run_dir / "checkpoints" if run_dir is not None else None
-    latest = latest_checkpoint(run_dir) if resume and run_dir is not None else None
-    if latest is not None:
-        agent.load(latest / "agent")
-        position = json.loads((latest / "run.json").read_text())
+    if resume and run_dir is not None:
+        position = _resume(agent, run_dir, position)
     start_time = time.perf_counter()
     progress = _progress(schedule.total_steps, position["step"], quiet)
 
@@ -169,29 +172,49 @@ def held_out_drift(agent: FSTAgent, schedule: Schedule) -> dict[str, float]:
 
 
 def _save_checkpoint(agent: FSTAgent, position: Mapping[str, Any], root: Path, keep: int = 2) -> None:
-    """Write ``root/step-N`` (agent + schedule position) as one new directory, then point ``root/latest`` at it.
+    """Write ``root/step-N`` (agent + schedule position + manifest) as one new directory, then point
+    ``root/latest`` at it.
 
-    Each step is atomic (a rename of a complete temp dir; an atomic file replace), so a crash at any instant
-    leaves ``latest`` naming a complete checkpoint. Older checkpoints beyond ``keep`` are removed afterwards.
+    The directory appears by one rename of a complete temp dir and its manifest (every file's size and sha256)
+    is written last, so a crash or a full disk leaves either no new directory or one resume can verify. Older
+    checkpoints beyond ``keep`` are removed only after the new one validates (see
+    :func:`fst_env.checkpoints.save_checkpoint`).
     """
 
     def write(tmp: Path) -> None:
         agent.save(tmp / "agent")
         (tmp / "run.json").write_text(json.dumps(position))
 
-    target = atomic_directory(root / f"step-{position['step']:08d}", write)
-    write_text_atomic(root / "latest", target.name)
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(root, int(position["step"]), write, keep=keep)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    target = pointer.parent / pointer.read_text().strip()
-    return target if (target / "run.json").exists() else None
+def latest_checkpoint(run_dir: str | Path, *, report: Callable[[str], None] | None = report_to_stderr,
+                      ) -> Path | None:
+    """The newest checkpoint of a run directory that validates against its manifest, or None when it has none.
+
+    Passed-over checkpoints and a bad ``latest`` pointer are reported one line each; raises
+    :class:`~fst_env.checkpoints.CheckpointError` (one line) when checkpoints exist but none validates.
+    """
+    return find_checkpoint(run_dir, report=report)
+
+
+def _resume(agent: FSTAgent, run_dir: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """Load the newest valid checkpoint of ``run_dir`` into ``agent`` and return its schedule position.
+
+    A run dir without any checkpoint starts at ``fresh`` (said on stderr); one whose checkpoints all fail to
+    validate, or whose newest valid checkpoint does not load into this agent, raises CheckpointError.
+    """
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        report_to_stderr(f"resume: {run_dir / 'checkpoints'} has no checkpoint yet; starting at step 0")
+        return fresh
+    try:
+        agent.load(checkpoint / "agent")
+    except Exception as exc:  # whatever failed inside load becomes one line naming the checkpoint
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{checkpoint} validates but does not load into this agent "
+                              f"({type(exc).__name__}: {detail}); was it written with a different config?") from None
+    return read_position(checkpoint)
 
 
 def _progress(total: int, initial: int, quiet: bool) -> Any:
