@@ -7,6 +7,11 @@ separators, signs (ASCII or Unicode minus), decimals, percent signs, ``a/b`` or 
 Verification first compares exact rationals (fast, no sympy); anything else goes to ``math-verify``. Its
 timeout uses ``SIGALRM``, which only works on the main thread, so off the main thread (vector envs in threads,
 data loaders) we bound the work by refusing oversized or exponent-heavy expressions instead.
+
+Model text is untrusted: extraction is linear in the text (one brace-matching pass however many ``\\boxed{``
+it holds), and math-verify is run with LaTeX extraction only. Its other target, ``ExprExtractionConfig``,
+hands the text to sympy's ``parse_expr``, which evals it; the LaTeX path (latex2sympy2_extended) builds
+sympy objects from a grammar and never parses strings as Python.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ MAX_SYMBOLIC_CHARS = 200
 _VERIFY_TIMEOUT_S = 2
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_LINE = re.compile(
-    r"(?:final\s+answer|answer)\s*(?:is|:|=)\s*(?:\*\*)?\s*(.+?)\s*(?:\*\*)?\s*$",
-    re.IGNORECASE | re.MULTILINE,
-)
+_BRACE = re.compile(r"[{}]")
+# The rest of the line after "answer:"; bold and spaces are stripped in Python, since a lazy group followed by
+# optional whitespace before "$" backtracks quadratically on long runs of spaces.
+_ANSWER_LINE = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:|=)\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(
     r"(?<![\w.])[-−–]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?/\s?\d+)?%?|(?<![\w.])[-−–]?\.\d+"
 )
@@ -58,16 +63,43 @@ def _balanced_from(text: str, start: int) -> str | None:
     return None
 
 
+def _closing_braces(text: str, first: int) -> dict[int, int]:
+    """Index of the matching ``}`` for every ``{`` at or after ``first`` that closes: one linear pass."""
+    closes: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text, first):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closes[stack.pop()] = m.start()
+    return closes
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last non-empty, closed ``\\boxed{...}`` (or ``\\fbox``), in time linear in the text."""
+    boxed = [m.end() for m in _BOXED.finditer(text)]
+    if len(boxed) == 1:  # the usual case: one scan from the brace
+        content = _balanced_from(text, boxed[0])
+        return content if content is not None and content.strip() else None
+    if not boxed:
+        return None
+    # Scanning from every start would be quadratic on nested or repeated \boxed{ (model text can hold thousands).
+    closes = _closing_braces(text, boxed[0] - 1)
+    for start in reversed(boxed):
+        end = closes.get(start - 1)
+        if end is not None and text[start:end].strip():
+            return text[start:end]
+    return None
+
+
 def extract_answer(text: str) -> Extraction:
     """The answer a model gave in free text (see module docstring for the order)."""
-    boxed = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(boxed):
-        content = _balanced_from(text, start)
-        if content is not None and content.strip():
-            return Extraction(clean_answer(content), "boxed")
+    content = _last_boxed(text)
+    if content is not None:
+        return Extraction(clean_answer(content), "boxed")
     lines = _ANSWER_LINE.findall(text)
     for candidate in reversed(lines):
-        cleaned = clean_answer(candidate)
+        cleaned = clean_answer(clean_answer(candidate).strip("*"))  # bold marks left over on either side
         if cleaned:
             return Extraction(cleaned, "answer_line")
     numbers = _NUMBER.findall(text)
@@ -136,8 +168,10 @@ def _symbolic_verify(gold: str, answer: str) -> bool | None:
     import math_verify  # deferred: importing sympy costs ~1 s
 
     timeout = _VERIFY_TIMEOUT_S if on_main else None
-    gold_parsed = math_verify.parse(_as_latex(gold), parsing_timeout=timeout)
-    answer_parsed = math_verify.parse(_as_latex(answer), parsing_timeout=timeout)
+    # LaTeX extraction only: math-verify's ExprExtractionConfig would eval the text through sympy's parse_expr.
+    latex_only = [math_verify.LatexExtractionConfig()]
+    gold_parsed = math_verify.parse(_as_latex(gold), extraction_config=latex_only, parsing_timeout=timeout)
+    answer_parsed = math_verify.parse(_as_latex(answer), extraction_config=latex_only, parsing_timeout=timeout)
     if not gold_parsed or not answer_parsed:
         return None
     return bool(math_verify.verify(gold_parsed, answer_parsed, timeout_seconds=timeout))

@@ -96,3 +96,50 @@ def test_verification_off_the_main_thread():
 
 def test_oversized_symbolic_answer_is_refused_quickly():
     assert answers_match("1+" * 500 + "1", "501") is False
+
+
+# ----------------------------------------------------------------------------- hostile text: bounded and eval-free
+@pytest.mark.parametrize("text", ["\\boxed{" * 9000, "\\boxed{" * 9000 + "7" + "}" * 9000, "\\boxed{}" * 8000,
+                                  "\\boxed{" + "{}" * 31000, "answer: " + " " * 63000 + "x", "answer:\n" * 8000,
+                                  "answer:" + " " * 63000, "1," * 31000])
+def test_extraction_of_63kb_hostile_text_is_fast(text: str) -> None:
+    import time
+
+    extract_answer(text[:100])  # warm the regexes
+    start = time.perf_counter()
+    extract_answer(text)
+    assert time.perf_counter() - start < 0.05, len(text)
+
+
+def test_nested_and_repeated_boxed_pick_the_last_closed_non_empty_one() -> None:
+    assert extract_answer("\\boxed{" * 500 + "7" + "}" * 500).text == "7"
+    assert extract_answer("\\boxed{1} then \\boxed{2} and \\boxed{}").text == "2"
+    assert extract_answer("\\boxed{\\frac{1}{2}} \\boxed{3").text == "\\frac{1}{2}"  # the unclosed one is skipped
+    assert extract_answer("\\boxed{" * 300 + "The answer is **42**.").text == "42"
+
+
+def test_math_verify_never_evals_model_text(monkeypatch) -> None:
+    """sympy's parse_expr evals its string. math-verify's expression target would hand it the model's text; the
+    LaTeX path only hands it NUMBER tokens from latex2sympy's lexer (via sympy.Number), so only digits get there."""
+    import re
+
+    import math_verify.parser
+    import sympy.parsing.sympy_parser
+
+    real = sympy.parsing.sympy_parser.parse_expr
+    seen: list[str] = []
+
+    def record(text, *args, **kwargs):
+        seen.append(str(text))
+        if not re.fullmatch(r"[\d.]+", str(text)):
+            raise AssertionError(f"parse_expr (eval) reached with {text!r}")
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(sympy.parsing.sympy_parser, "parse_expr", record)
+    monkeypatch.setattr(math_verify.parser, "parse_expr", record)
+    math_verify.parser.parse_expr_cached.cache_clear()
+    assert answers_match("x^2+1", "1+x^2") and answers_match("\\sqrt{2}", "2^{1/2}")
+    for hostile in ("__import__('os').system('true')", "().__class__.__bases__[0]", "lambda: 1", "x.__class__",
+                    "1e__import__", "0x1f + 1j", "1_000", "eval('1')", "(1).real", "\\text{__import__('os')}"):
+        assert answers_match(hostile, "x") is False
+    assert seen and all(re.fullmatch(r"[\d.]+", text) for text in seen)

@@ -133,3 +133,14 @@ def test_step_after_termination_needs_reset():
     env.step("\\boxed{1}")
     with pytest.raises(gym.error.ResetNeeded, match="ended"):
         env.step("\\boxed{1}")
+
+
+def test_hostile_63kb_responses_are_judged_fast_and_without_crash():
+    import time
+
+    env = gym.make("fst/MathReasoning-v0")
+    for text in ("\\boxed{" * 9000, "answer: " + " " * 63000 + "x", "\\boxed{}" * 8000):
+        env.reset(seed=0)
+        start = time.perf_counter()
+        _, reward, terminated, _, info = env.step(text)
+        assert time.perf_counter() - start < 0.05 and reward == 0.0 and terminated and info["verdict"] != "correct"
