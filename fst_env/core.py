@@ -14,7 +14,9 @@ Contract (see DESIGN.md):
 from __future__ import annotations
 
 import enum
+import math
 import multiprocessing
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -125,6 +127,20 @@ _DEFAULT_HINTS: dict[str, str] = {
 }
 
 
+#: Default for ``TextEnv(step_deadline_s=...)``: the longest one step's judging may take.
+DEFAULT_STEP_DEADLINE_S = 5.0
+
+
+def timeout_outcome(deadline_s: float, detail: str = "") -> Outcome:
+    """The outcome of a response whose scoring passed the step deadline: reward 0, verdict ``timeout``."""
+    extra = f" ({detail})" if detail else ""
+    return Outcome(0.0, Verdict.TIMEOUT,
+                   f"Timeout: scoring this response passed the step deadline of {deadline_s:g} s{extra}; it gets "
+                   "no credit. Give a plain, short final answer in the required format.",
+                   hint=f"Scoring your answer took longer than the {deadline_s:g} s limit, so it got no credit. "
+                        "Give a plain, short final answer in the required format.")
+
+
 def default_hint(verdict: str) -> str:
     """The hint for a verdict when the task gives none: the verdict in words, nothing about the answer."""
     return _DEFAULT_HINTS.get(verdict, _DEFAULT_HINTS["error"])
@@ -144,7 +160,7 @@ class TextEnv(gym.Env[str, str]):
     card: ClassVar[EnvCard | None] = None
 
     def __init__(self, split: str = "train", *, max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, step_deadline_s: float = DEFAULT_STEP_DEADLINE_S) -> None:
         if split not in SPLITS:
             raise ValueError(f"{self._name()}: split must be one of {list(SPLITS)}, got {split!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -152,9 +168,15 @@ class TextEnv(gym.Env[str, str]):
                              f"{self.metadata['render_modes']} or None, got {render_mode!r}")
         if max_response_chars < 1:
             raise ValueError(f"{self._name()}: max_response_chars must be >= 1, got {max_response_chars}")
+        if isinstance(step_deadline_s, bool) or not isinstance(step_deadline_s, (int, float)) \
+                or not math.isfinite(step_deadline_s) or not 0 < step_deadline_s <= 600:
+            raise ValueError(f"{self._name()}: step_deadline_s must be a number of seconds in (0, 600], "
+                             f"got {step_deadline_s!r}")
         self.split = split
         self.render_mode = render_mode
         self.max_response_chars = max_response_chars
+        #: Longest one judge may take; isolated scoring is killed at it, an in-process overrun scores ``timeout``.
+        self.step_deadline_s = float(step_deadline_s)
         self.observation_space = TextSpace(max_length=OBSERVATION_MAX_CHARS)
         # The action space admits anything; oversized actions are judged as format errors, not rejected.
         self.action_space = TextSpace(max_length=1 << 24)
@@ -256,11 +278,17 @@ class TextEnv(gym.Env[str, str]):
             return Outcome(0.0, Verdict.FORMAT_ERROR,
                            f"Format error: the response has {len(action):,} characters, over this task's "
                            f"limit of {self.max_response_chars:,}. Answer concisely.")
+        started = time.monotonic()
         try:
-            return self.judge(self.problem, action)
+            outcome = self.judge(self.problem, action)
         except Exception as exc:  # a judge bug must not crash a training run
-            return Outcome(0.0, Verdict.ERROR,
-                           f"Error: the task could not score this response ({type(exc).__name__}: {exc}).")
+            outcome = Outcome(0.0, Verdict.ERROR,
+                              f"Error: the task could not score this response ({type(exc).__name__}: {exc}).")
+        elapsed = time.monotonic() - started
+        if elapsed > self.step_deadline_s and outcome.verdict not in (Verdict.TIMEOUT, Verdict.TIMEOUT.value):
+            # An in-process judge cannot be interrupted; one that overran gets no credit for what it found.
+            return timeout_outcome(self.step_deadline_s, f"scoring took {elapsed:.1f} s")
+        return outcome
 
     def _base_info(self) -> dict[str, Any]:
         return {"problem_id": self.problem_id, "split": self.split}
