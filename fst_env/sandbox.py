@@ -12,13 +12,22 @@ How a run is built (each layer degrades on its own, and the result says which we
   ``U`` and reports how it ended on a private status pipe. When ``P1`` exits the kernel kills everything left
   in the namespace, so daemonised grandchildren cannot outlive a run; the parent also kills the session and
   the cgroup, and ``L`` has its own wall-clock backstop in case the parent dies.
-- **Filesystem.** In the new mount namespace every mount is made read-only (``mount_setattr``), and empty
-  size-limited tmpfs mounts cover ``/tmp`` (the run's working directory, gone with the namespace), ``/var/tmp``,
-  ``/dev/shm`` and ``/run``; a fresh ``/proc`` shows only the sandbox's own processes.
+- **Filesystem.** In the new mount namespace the launcher builds a fresh tmpfs root holding only an allow-list
+  (:func:`_allow_list`): the interpreter, its standard library (its site-packages covered by an empty mount),
+  the directories of the shared libraries it loads, ``/etc/ld.so.cache``, and the pseudo-devices ``/dev/null``,
+  ``zero``, ``full``, ``random``, ``urandom``; everything bound read-only, ``nosuid`` and ``nodev`` (the
+  pseudo-devices excepted from ``nodev`` only), and ``noexec`` except the interpreter and its libraries. It
+  then calls ``pivot_root`` into it and detaches the old root, so the checkout, ``/etc``, ``/srv``, ``/root``,
+  GPU and block devices, and every host unix socket path are absent, not merely read-only (abstract unix
+  sockets belong to the network namespace: none of the host's is reachable). Empty size-limited tmpfs mounts
+  give ``/tmp`` (the run's working directory) and ``/dev/shm``; a fresh ``/proc`` shows only the sandbox's own
+  processes. Where no fresh root can be made, the fallback makes the host's whole tree read-only, ``nosuid``
+  and ``nodev`` instead (``isolation`` then lacks ``minimal-root``, and ``notes`` says why).
 - **Identity.** As root, ``U`` runs as ``nobody`` (65534) inside a user namespace of its own (where
-  ``RLIMIT_NPROC`` counts only the run's processes), with no capabilities and ``no_new_privs``. A
-  directory nobody cannot enter (e.g. a Python under ``/root``) is covered by a tmpfs in which only the
-  interpreter's prefix is bound back. As an ordinary user the namespaces are made inside a user namespace,
+  ``RLIMIT_NPROC`` counts only the run's processes), with no capabilities and ``no_new_privs``. In the fresh
+  root the directories down to the interpreter are made traversable; in the fallback, a directory nobody
+  cannot enter (e.g. a Python under ``/root``) is covered by a tmpfs in which only the interpreter's prefix
+  is bound back. As an ordinary user the namespaces are made inside a user namespace,
   and a nested user namespace locks the read-only mounts.
 - **Limits.** ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``,
   ``RLIMIT_CORE=0``; a wall-clock limit enforced by the parent; stdout capped (overflow kills the run),
@@ -49,6 +58,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -78,7 +88,11 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
 _SYS_MOUNT_SETATTR = 442  # the same number on x86-64 and arm64 (syscalls added after 5.1 share numbers)
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
-_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine) if hasattr(os, "uname") else None
+#: The pseudo-devices bound into the fresh root (the only device files a program can open: harmless ones).
+_DEVICES = ("null", "zero", "full", "random", "urandom")
 _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 4, 38
 
 _SIGNAL_NOTES = {
@@ -719,17 +733,44 @@ class _Libc:
         ret = self.libc.mount(enc(source), enc(target), enc(fstype), self.ctypes.c_ulong(flags), enc(data))
         self._check(ret, f"mount {target}")
 
-    def readonly_tree(self, path: str) -> None:
+    def readonly_tree(self, path: str,
+                      attrs: int = _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, clear: int = 0) -> None:
+        """Set ``attrs`` (read-only, nosuid, nodev by default), clear ``clear``, on every mount at/below ``path``."""
         c = self.ctypes
 
         class MountAttr(c.Structure):
             _fields_: ClassVar = [("attr_set", c.c_uint64), ("attr_clr", c.c_uint64), ("propagation", c.c_uint64),
                                   ("userns_fd", c.c_uint64)]
 
-        attr = MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+        attr = MountAttr(attrs, clear, 0, 0)
         ret = self.libc.syscall(c.c_long(_SYS_MOUNT_SETATTR), c.c_int(_AT_FDCWD), c.c_char_p(path.encode()),
                                 c.c_uint(_AT_RECURSIVE), c.byref(attr), c.c_size_t(c.sizeof(attr)))
         self._check(ret, "mount_setattr")
+
+    def lock_mount(self, path: str, *, exec_ok: bool = False, dev_ok: bool = False) -> None:
+        """Make the mounts at ``path`` read-only and nosuid, nodev unless ``dev_ok``, noexec unless ``exec_ok``."""
+        attrs = (_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | (0 if dev_ok else _MOUNT_ATTR_NODEV)
+                 | (0 if exec_ok else _MOUNT_ATTR_NOEXEC))
+        try:
+            self.readonly_tree(path, attrs)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EINVAL):
+                raise
+            # Before 5.12 (no mount_setattr): remount the top mount only (bind sources here carry no submounts).
+            flags = (_MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | (0 if dev_ok else _MS_NODEV)
+                     | (0 if exec_ok else _MS_NOEXEC))
+            self.mount(None, path, None, flags)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        if _SYS_PIVOT_ROOT is None:
+            raise OSError(errno.ENOSYS, "pivot_root: unknown system-call number on this machine")
+        c = self.ctypes
+        ret = self.libc.syscall(c.c_long(_SYS_PIVOT_ROOT), c.c_char_p(new_root.encode()),
+                                c.c_char_p(put_old.encode()))
+        self._check(ret, "pivot_root")
+
+    def umount2(self, target: str, flags: int) -> None:
+        self._check(self.libc.umount2(target.encode(), self.ctypes.c_int(flags)), f"umount {target}")
 
     def prctl(self, option: int, value: int) -> None:
         c = self.ctypes
@@ -780,6 +821,7 @@ def _zygote_loop(fd: int) -> None:
     import traceback  # noqa: F401
 
     libc = _Libc()
+    _allow_list()  # once, here: every launcher forked below inherits it
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel; nothing waits for them
     while True:
@@ -896,6 +938,164 @@ def _enter_namespaces(libc: _Libc, config: dict[str, Any], plan: _Plan) -> None:
     plan.mountns = plan.pidns = True
     plan.isolation += ["netns", "pidns", "ipcns", "utsns", "mountns"]
     libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    try:
+        _build_root(libc, config, plan)
+    except OSError as exc:
+        os.chdir("/")
+        plan.notes.append(f"no fresh root ({exc.strerror or exc}): the host's files stay visible, read-only")
+        _lock_host_tree(libc, config, plan)
+    os.mkdir(_SANDBOX_HOME, 0o700)
+    if plan.root:
+        os.chown(_SANDBOX_HOME, NOBODY, NOBODY)
+    plan.workdir = _SANDBOX_HOME
+
+
+def _build_root(libc: _Libc, config: dict[str, Any], plan: _Plan) -> None:
+    """Pivot into a fresh tmpfs root holding only the allow-list; the host's tree is detached, not just hidden.
+
+    The allow-list (:func:`_allow_list`, plus ``config["readonly_paths"]`` for callers that need more, such as
+    a scoring worker's site-packages) is bound read-only, nosuid and nodev; only the interpreter, its extension
+    modules and shared libraries may be executed. Pseudo-devices (:data:`_DEVICES`) are the only device files.
+    Raises OSError before the pivot (nothing changed that the fallback cannot cover); after it, errors are fatal.
+    """
+    old_umask = os.umask(0o022)  # the directories made here must be traversable by nobody
+    try:
+        root = os.path.join(config["host_dir"], ".root")
+        os.mkdir(root, 0o755)
+        libc.mount("fst-sandbox", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+        bound: dict[str, bool] = {}
+        extra = [(p, True) for p in config.get("readonly_paths") or ()]
+        for name, exec_ok in [*_allow_list(), *extra]:
+            real = _graft_symlinks(root, name)
+            covered = any((real == b or real.startswith(b.rstrip("/") + "/")) and (ok or not exec_ok)
+                          for b, ok in bound.items())
+            if covered or not os.path.exists(real):
+                continue
+            bound[real] = exec_ok
+            target = root + real
+            if os.path.isdir(real):
+                os.makedirs(target, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if not os.path.exists(target):
+                    open(target, "wb").close()
+            libc.mount(real, target, None, _MS_BIND | _MS_REC)
+            libc.lock_mount(target, exec_ok=exec_ok)
+            for cover in ("site-packages", "dist-packages"):  # an allowed stdlib dir: third-party code stays out
+                inner = os.path.join(real, cover)
+                if os.path.isdir(inner) and inner not in bound and not any(inner == p for p, _ in extra):
+                    libc.mount("fst-sandbox", root + inner, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY,
+                               "size=4k,mode=0755")
+        dev = root + "/dev"
+        os.makedirs(dev, exist_ok=True)
+        for device in _DEVICES:
+            host = "/dev/" + device
+            if os.path.exists(host) and stat.S_ISCHR(os.stat(host).st_mode):
+                open(os.path.join(dev, device), "wb").close()
+                libc.mount(host, os.path.join(dev, device), None, _MS_BIND)
+                libc.lock_mount(os.path.join(dev, device), dev_ok=True)  # read-only still lets it be written
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, os.path.join(dev, name))
+        os.makedirs(dev + "/shm")
+        libc.mount("fst-sandbox", dev + "/shm", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=1m,mode=1777")
+        os.makedirs(root + "/tmp")
+        libc.mount("fst-sandbox", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                   f"size={int(config['limits']['tmp_mb'])}m,mode=1777")
+        os.makedirs(root + "/proc")
+        if plan.userns_mode:
+            # A user namespace may mount a fresh proc only where a fully visible one already is: keep the host's
+            # underneath (the reaper's mount covers it, and the program's nested namespace cannot unmount that).
+            libc.mount("/proc", root + "/proc", None, _MS_BIND | _MS_REC)
+        libc.mount(None, root, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+        os.chdir(root)
+        libc.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it, with every host mount below
+    finally:
+        os.umask(old_umask)
+    libc.umount2(".", _MNT_DETACH)
+    os.chdir("/")
+    plan.isolation += ["minimal-root", "readonly-fs", "nodev-nosuid", "private-tmp"]
+
+
+def _graft_symlinks(root: str, path: str) -> str:
+    """Recreate under ``root`` the symlinks met along host ``path`` (e.g. /lib -> usr/lib); return its real path."""
+    parts = [p for p in path.split("/") if p]
+    current, hops = "/", 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        host = os.path.join(current, part)
+        if not os.path.islink(host):
+            current = host
+            continue
+        hops += 1
+        if hops > 40:
+            raise OSError(errno.ELOOP, f"too many symlinks in {path}")
+        link = os.readlink(host)
+        inside = root + host
+        if not os.path.lexists(inside):
+            os.makedirs(root + current, exist_ok=True)
+            os.symlink(link, inside)
+        if link.startswith("/"):
+            current = "/"
+        parts = [p for p in link.split("/") if p] + parts
+    return current
+
+
+_ALLOW: list[tuple[str, bool]] | None = None
+_REAL_EXECUTABLE = os.path.realpath(sys.executable)  # resolved on the host: inside the fresh root a venv is not there
+
+
+def _allow_list() -> list[tuple[str, bool]]:
+    """``(host path, may execute)`` for what a program needs: interpreter, stdlib, shared libraries, ld.so.cache.
+
+    Computed once per interpreter (the zygote computes it before forking, so launchers inherit it). Library
+    directories are those of every shared object this interpreter has mapped, plus the multiarch ones the
+    dynamic loader searches for extension modules' dependencies; libraries inside the Python prefix are bound
+    one file at a time, so the prefix's other contents (site-packages, scripts) stay out.
+    """
+    global _ALLOW
+    if _ALLOW is not None:
+        return _ALLOW
+    prefixes = tuple(os.path.realpath(p) + "/" for p in {sys.base_prefix, sys.prefix})
+    wanted: dict[str, bool] = {os.path.realpath(sys.executable): True}
+    for entry in sys.path:
+        if entry and os.path.isdir(entry):
+            real = os.path.realpath(entry)
+            wanted[real] = wanted.get(real, False) or os.path.basename(real) == "lib-dynload"
+    libraries: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith("/") and ".so" in os.path.basename(fields[5]):
+                libraries.add(os.path.realpath(fields[5].strip()))
+    for lib in libraries:
+        wanted[lib if lib.startswith(prefixes) else os.path.dirname(lib)] = True
+    import glob
+    import sysconfig
+
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    names = [f"/lib/{multiarch}", f"/usr/lib/{multiarch}"] if multiarch else []
+    names += [*glob.glob("/lib64/ld-linux*.so*"), *glob.glob("/lib/ld-linux*.so*")]
+    allowed = [(name, True) for name in names if os.path.exists(name)]
+    if os.path.isfile("/etc/ld.so.cache"):
+        allowed.append(("/etc/ld.so.cache", False))
+    reals = sorted(wanted.items())
+    for path, exec_ok in reals:
+        # A path inside an allowed directory with at least its rights needs no mount of its own.
+        covered = any(path.startswith(other.rstrip("/") + "/") and (ok or not exec_ok) for other, ok in reals)
+        if not covered:
+            allowed.append((path, exec_ok))
+    _ALLOW = allowed
+    return _ALLOW
+
+
+def _lock_host_tree(libc: _Libc, config: dict[str, Any], plan: _Plan) -> None:
+    """The fallback when no fresh root can be made: the host's whole tree, read-only, nosuid and nodev."""
     hidden = _hidden_prefixes() if plan.root else {}
     staged: list[tuple[str, str]] = []
     for i, prefix in enumerate(sorted({p for ps in hidden.values() for p in ps})):
@@ -905,7 +1105,12 @@ def _enter_namespaces(libc: _Libc, config: dict[str, Any], plan: _Plan) -> None:
         staged.append((stage, prefix))
     try:
         libc.readonly_tree("/")
-        plan.isolation.append("readonly-fs")
+        plan.isolation += ["readonly-fs", "nodev-nosuid"]
+        for device in _DEVICES:  # nodev above also stopped these; bind them back, read-only (still writable)
+            with contextlib.suppress(OSError):
+                libc.mount("/dev/" + device, "/dev/" + device, None, _MS_BIND)
+                libc.readonly_tree("/dev/" + device, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOEXEC,
+                                   clear=_MOUNT_ATTR_NODEV)
     except OSError as exc:
         plan.notes.append(f"could not make the filesystem read-only ({exc.strerror})")
     for ancestor in sorted(hidden):
@@ -922,10 +1127,6 @@ def _enter_namespaces(libc: _Libc, config: dict[str, Any], plan: _Plan) -> None:
             with contextlib.suppress(OSError):
                 libc.mount("fst-sandbox", extra, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size=1m,mode={mode}")
     plan.isolation.append("private-tmp")
-    os.mkdir(_SANDBOX_HOME, 0o700)
-    if plan.root:
-        os.chown(_SANDBOX_HOME, NOBODY, NOBODY)
-    plan.workdir = _SANDBOX_HOME
 
 
 def _write_id_maps(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
@@ -1086,6 +1287,8 @@ def _run_user_program(config: dict[str, Any], script: str, status_fd: int, libc:
             soft, hard = value if isinstance(value, tuple) else (value, value)
             resource.setrlimit(which, (soft, hard))
         sys.argv = [script]
+        if os.path.exists(_REAL_EXECUTABLE):
+            sys.executable = _REAL_EXECUTABLE  # so a program can start the interpreter (a venv's link is not there)
         sys.path[:] = [os.path.dirname(script), *[p for p in sys.path if p]]
         if "random" in sys.modules:
             sys.modules["random"].seed()

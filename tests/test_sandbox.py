@@ -252,11 +252,13 @@ def test_killing_the_parent_does_not_reach_the_caller():
 
 def test_daemonised_children_do_not_outlive_the_run():
     tag = f"{time.time_ns() % 10 ** 9}.5"
-    code = ("import os\n"
+    # The fresh root has no /bin/sleep: exec the interpreter (bound there) with "sleep <tag>" in its argv.
+    code = ("import os, sys\n"
             "if os.fork() == 0:\n"
             "    os.setsid()\n"
             "    if os.fork() == 0:\n"
-            f"        os.execv('/bin/sleep', ['sleep', '{tag}'])\n"
+            f"        os.execv(sys.executable, ['python', '-S', '-c', 'import time; time.sleep({tag})',"
+            f" 'sleep {tag}'])\n"
             "    os._exit(0)\n"
             "print('parent done')\n")
     result = run_python(code)
@@ -281,7 +283,8 @@ def test_claimed_isolation_is_real(isolation):
         # This machine class (root, namespaces and cgroup v1 available) must get the full set.
         probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
         if probe.returncode == 0:
-            assert {"netns", "pidns", "mountns", "readonly-fs", "uid-nobody", "private-tmp"} <= set(isolation)
+            assert {"netns", "pidns", "mountns", "readonly-fs", "uid-nobody", "private-tmp", "minimal-root",
+                    "nodev-nosuid"} <= set(isolation)
 
 
 # -------------------------------------------------------------------------------------------- pools and leaks
@@ -390,3 +393,111 @@ def test_unprivileged_user_gets_user_namespace_isolation():
     assert {"netns", "pidns", "readonly-fs"} <= set(isolation)
     assert fork_status in ("error", "timeout")
     assert not (REPO / "unpriv_probe").exists()
+
+
+# ------------------------------------------------------------------------------------- filesystem allow-list
+def _needs_minimal_root(isolation: tuple[str, ...]) -> None:
+    if "minimal-root" not in isolation:
+        pytest.skip(f"no fresh root here ({isolation}): the allow-list is not in force")
+
+
+def test_host_unix_sockets_are_unreachable(isolation, tmp_path):
+    if "netns" not in isolation:
+        pytest.skip("no network namespace here: abstract sockets are shared")
+    _needs_minimal_root(isolation)
+    path = str(tmp_path / "host.sock")
+    abstract = f"\0fst-sandbox-probe-{uuid.uuid4().hex}"
+    servers = []
+    for address in (path, abstract):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(address)
+        server.listen(4)
+        server.settimeout(0.3)
+        servers.append(server)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(path, 0o777)  # so only the sandbox, not file permissions, stands between nobody and the socket
+    try:
+        for address, server in zip((path, abstract), servers, strict=True):  # the servers work from the host
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(address)
+                server.accept()[0].close()
+        code = ("import socket\n"
+                f"for address in {[path, abstract]!r}:\n"
+                "    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                "    try:\n"
+                "        s.connect(address)\n"
+                "        print('CONNECTED', repr(address))\n"
+                "    except OSError as exc:\n"
+                "        print('refused', exc.errno)\n")
+        result = run_python(code)
+        assert result.status == "ok", result
+        assert "CONNECTED" not in result.stdout and result.stdout.count("refused") == 2, result.stdout
+        for server in servers:
+            with pytest.raises(TimeoutError):
+                server.accept()
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_host_files_are_not_readable(isolation):
+    _needs_minimal_root(isolation)
+    targets = ["/etc/passwd", "/etc/hostname", "/srv", "/root", "/work", str(REPO), str(REPO / "README.md"),
+               str(REPO / "fst_env" / "sandbox.py"), "/etc", sys.prefix]
+    code = ("import os\n"
+            f"for path in {targets!r}:\n"
+            "    try:\n"
+            "        if os.path.isdir(path):\n"
+            "            print('listed', path, sorted(os.listdir(path)))\n"
+            "        else:\n"
+            "            print('read', path, open(path, 'rb').read()[:40])\n"
+            "    except OSError as exc:\n"
+            "        print('refused', path, exc.errno)\n")
+    result = run_python(code)
+    assert result.status == "ok", result
+    lines = {line.split(" ", 2)[1]: line for line in result.stdout.splitlines()}
+    for path in ["/etc/passwd", "/etc/hostname", "/srv", "/work", str(REPO), str(REPO / "README.md"),
+                 str(REPO / "fst_env" / "sandbox.py")]:
+        assert lines[path].startswith("refused"), lines[path]
+    assert "ld.so.cache" in lines["/etc"] and "passwd" not in lines["/etc"] and "hostname" not in lines["/etc"]
+    # /root holds only the path down to the interpreter (a bare directory chain), none of root's files.
+    if lines["/root"].startswith("listed"):
+        listed = ast.literal_eval(lines["/root"].split(" ", 2)[2])
+        assert set(listed) <= {".pyenv", ".local", ".cache"} and ".bashrc" not in listed
+
+
+def test_mounts_are_nodev_nosuid_and_mostly_noexec(isolation):
+    _needs_minimal_root(isolation)
+    result = run_python("print(open('/proc/self/mountinfo').read())\n"
+                        "import subprocess, sys\n"
+                        "print(subprocess.run([sys.executable, '-S', '-c', 'print(6 * 7)'], capture_output=True,"
+                        " text=True).stdout)")
+    assert result.status == "ok", result
+    mounts = [line.split() for line in result.stdout.splitlines() if " - " in line]
+    assert len(mounts) > 5
+    executable = []
+    for fields in mounts:
+        point, options = fields[4], set(fields[5].split(","))
+        assert "nosuid" in options, fields
+        if point.startswith("/dev/") and point[5:] in ("null", "zero", "full", "random", "urandom"):
+            assert {"ro", "noexec"} <= options, fields  # the harmless pseudo-devices: the only device files
+        else:
+            assert "nodev" in options, fields
+        if point in ("/", "/tmp", "/dev/shm", "/proc", "/etc/ld.so.cache"):
+            assert "noexec" in options, fields
+        if "noexec" not in options:
+            executable.append(point)
+        if point not in ("/tmp", "/dev/shm", "/proc"):
+            assert "ro" in options, fields
+    # Execution is left only to the interpreter and the shared libraries it loads.
+    assert executable and all("lib" in p or "python" in p for p in executable), executable
+    assert result.stdout.rstrip().endswith("42")  # and the interpreter itself still starts inside
+
+
+def test_gpu_and_block_devices_are_absent(isolation):
+    _needs_minimal_root(isolation)
+    result = run_python("import os\nprint(sorted(os.listdir('/dev')))")
+    assert result.status == "ok", result
+    listed = ast.literal_eval(result.stdout)
+    assert not [d for d in listed if d.startswith(("nvidia", "dri", "vd", "sd", "nvme", "kvm", "mem", "kmsg"))]
+    assert {"null", "urandom", "zero"} <= set(listed)
