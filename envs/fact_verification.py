@@ -342,11 +342,12 @@ class FactVerificationEnv(TextEnv):
         fmt = "End with two lines: 'Verdict: SUPPORTED' or 'Verdict: REFUTED', then 'Evidence: [ids]'."
         label, cited, unreadable = parse_response(response)
         if label is None:
-            return Outcome(0.0, Verdict.FORMAT_ERROR, f"Format error: {unreadable}. {fmt}")
+            return Outcome(0.0, Verdict.FORMAT_ERROR, f"Format error: {unreadable}. {fmt}",
+                           hint=f"Your answer could not be read: {unreadable}. {fmt}")
         if cited is None and config.require_evidence:
-            return Outcome(0.0, Verdict.FORMAT_ERROR,
-                           f"Format error: no 'Evidence:' line found; this task needs the ids of the documents "
-                           f"the chain passes through. {fmt}")
+            feedback = (f"Format error: no 'Evidence:' line found; this task needs the ids of the documents "
+                        f"the chain passes through. {fmt}")
+            return Outcome(0.0, Verdict.FORMAT_ERROR, feedback, hint=feedback)
         cited_set = set(cited or [])
         required = meta["evidence"]
         missing = [h for h in meta["hops"] if h["doc"] not in cited_set]
@@ -378,7 +379,21 @@ class FactVerificationEnv(TextEnv):
         head = "Incorrect" if reward == 0.0 else f"Partly correct (reward {reward:.2f})"
         return Outcome(reward, Verdict.INCORRECT,
                        f"{head}: " + " ".join(notes) + f" The chain's documents are {evidence_text}.",
-                       info={"label": label, "cited": sorted(cited_set)})
+                       info={"label": label, "cited": sorted(cited_set)},
+                       hint=self._hint(label_ok, len(missing), nonexistent, extra, cited is not None))
+
+    def _hint(self, label_ok: bool, missing: int, nonexistent: set[int], extra: set[int], cited: bool) -> str:
+        """What a retry may show the policy: which part of its own answer failed; never the label or the ids."""
+        parts = [] if label_ok else ["the verdict or the evidence is wrong"]
+        if label_ok and (self.config.require_evidence or cited):
+            if missing:
+                parts.append(f"your evidence misses {missing} of the chain's documents")
+            if len(extra) > self.config.max_extra_evidence:
+                parts.append(f"you cited {len(extra)} document{'s' if len(extra) > 1 else ''} the chain does not "
+                             f"pass through")
+        if nonexistent:
+            parts.append(f"{_ids(nonexistent)} {'does' if len(nonexistent) == 1 else 'do'} not exist")
+        return "Incorrect: " + "; ".join(parts or ["the verdict or the evidence is wrong"]) + "."
 
     @staticmethod
     def _label_feedback(meta: dict[str, Any], label: str) -> str:

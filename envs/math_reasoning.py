@@ -2,7 +2,8 @@
 
 The model answers in free text; the answer is extracted (``\\boxed{}``, ``Answer: ...``, last number) and
 checked exactly (rationals) or with math-verify. Feedback names the extracted answer, how it was found and the
-expected answer; a format error says exactly which format is expected.
+expected answer; a format error says exactly which format is expected. The hint (shown to the policy on a retry)
+names only the policy's own answer and the format, never the expected answer.
 """
 
 from __future__ import annotations
@@ -160,21 +161,24 @@ class MathReasoningEnv(TextEnv):
     def judge(self, problem: Problem, response: str) -> Outcome:
         expected = problem.answer
         if not response.strip():
-            return Outcome(0.0, Verdict.FORMAT_ERROR, f"Format error: the response is empty. {FORMAT_HELP}")
+            return Outcome(0.0, Verdict.FORMAT_ERROR, f"Format error: the response is empty. {FORMAT_HELP}",
+                           hint=f"Your response was empty. {FORMAT_HELP}")
         found = extract_answer(response)
         if found.text is None or not found.text:
             return Outcome(0.0, Verdict.FORMAT_ERROR,
                            f"Format error: no final answer found (no \\boxed{{}}, no 'Answer:' line and no "
-                           f"number). {FORMAT_HELP}", info={"extracted": None, "expected": expected})
+                           f"number). {FORMAT_HELP}", info={"extracted": None, "expected": expected},
+                           hint=f"No final answer was found in your response. {FORMAT_HELP}")
         info = {"extracted": found.text, "extraction": found.method, "expected": expected}
         if problem.metadata["family"] == "fraction_simplification":
             return self._judge_fraction(found, problem, info)
         if answers_match(found.text, expected):
             return Outcome(1.0, Verdict.CORRECT, f"Correct: your answer {found.text} ({found.describe()}) "
                                                  f"matches the expected answer {expected}.", info=info)
-        hint = "" if found.method == "boxed" else f" Tip: {FORMAT_HELP}"
+        tip = "" if found.method == "boxed" else f" Tip: {FORMAT_HELP}"
         return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: your answer {_short(found.text)} ({found.describe()}) "
-                                               f"does not match the expected answer {expected}.{hint}", info=info)
+                                               f"does not match the expected answer {expected}.{tip}", info=info,
+                       hint=f"Your answer {_short(found.text, 40)} ({found.describe()}) is incorrect.{tip}")
 
     def _judge_fraction(self, found: Extraction, problem: Problem, info: dict[str, Any]) -> Outcome:
         meta = problem.metadata["rg_metadata"]
@@ -187,17 +191,18 @@ class MathReasoningEnv(TextEnv):
             detail = (f"{_short(found.text)} is not written as a fraction a/b" if value is None or value.denominator
                       == 1 else f"{_short(found.text)} is not in the form a/b")
             return Outcome(0.0, Verdict.FORMAT_ERROR, f"Format error: {detail}. Expected the simplified fraction "
-                                                      f"{expected}, written as \\boxed{{a/b}}.", info=info)
+                                                      f"{expected}, written as \\boxed{{a/b}}.", info=info,
+                           hint=f"{detail.capitalize()}: write the simplified fraction as \\boxed{{a/b}}.")
         if parts == (num, den):
             return Outcome(1.0, Verdict.CORRECT, f"Correct: {parts[0]}/{parts[1]} is {expected} in lowest terms.",
                            info=info)
         if parts[1] != 0 and Fraction(*parts) == Fraction(num, den):
             return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: {parts[0]}/{parts[1]} has the right value but is "
                                                    f"not in lowest terms; the expected answer is {expected}.",
-                           info=info)
+                           info=info, hint=f"Your fraction {parts[0]}/{parts[1]} is not in lowest terms.")
         return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: your fraction {parts[0]}/{parts[1]} "
                                                f"({found.describe()}) does not equal the expected {expected}.",
-                       info=info)
+                       info=info, hint=f"Your fraction {parts[0]}/{parts[1]} ({found.describe()}) is incorrect.")
 
 
 def _short(text: str, limit: int = 80) -> str:

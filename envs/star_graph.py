@@ -150,17 +150,17 @@ class StarGraphEnv(TextEnv):
         example = f"Path: {centre},...,{target}"
         path, why = parse_path(response)
         if path is None:
-            return Outcome(0.0, Verdict.FORMAT_ERROR,
-                           f"Format error: {why}. End your response with a line like '{example}' listing every "
-                           f"node from the centre {centre} to the target {target}, separated by commas.")
+            feedback = (f"Format error: {why}. End your response with a line like '{example}' listing every "
+                        f"node from the centre {centre} to the target {target}, separated by commas.")
+            return Outcome(0.0, Verdict.FORMAT_ERROR, feedback, hint=feedback)  # names no node of the path
         if path == solution:
             return Outcome(1.0, Verdict.CORRECT, f"Correct: {','.join(map(str, path))} is the path from the centre "
                                                  f"{centre} to {target}.")
         mistake = self._first_mistake(path, meta)
-        return Outcome(0.0, Verdict.INCORRECT,
-                       f"Incorrect: {mistake} The correct path is {problem.answer}. (Tip: trace the edges backwards "
-                       f"from {target} to the centre, then write the path forwards.)",
-                       info={"path": path})
+        tip = f"(Tip: trace the edges backwards from {target} to the centre, then write the path forwards.)"
+        # The hint is the first mistake (about the policy's own path and edges the prompt lists), not the path.
+        return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: {mistake} The correct path is {problem.answer}. {tip}",
+                       info={"path": path}, hint=f"Incorrect: {mistake} {tip}")
 
     @staticmethod
     def _first_mistake(path: list[int], meta: dict[str, Any]) -> str:

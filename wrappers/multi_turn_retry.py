@@ -1,4 +1,4 @@
-"""Give a single-turn text env several attempts per problem, with the judge's feedback between them."""
+"""Give a single-turn text env several attempts per problem, with the judge's hint (never its feedback) between them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.error import ResetNeeded
 
-from fst_env.core import Verdict
+from fst_env.core import Verdict, default_hint
 
 #: The named ways to turn the attempts' rewards into the episode's reward.
 REWARD_RULES: tuple[str, ...] = ("last", "max", "discounted")
@@ -16,11 +16,11 @@ REWARD_RULES: tuple[str, ...] = ("last", "max", "discounted")
 RewardRule = str | Callable[[list[float]], float]
 
 
-def retry_prompt(prompt: str, feedback: str, attempt: int, max_attempts: int) -> str:
-    """The observation before attempt ``attempt`` (>= 2): the original prompt, then the previous feedback."""
-    feedback = feedback.strip()
-    stop = "" if feedback.endswith((".", "!", "?")) else "."
-    return (f"{prompt}\n\nYour previous answer was judged: {feedback}{stop} Try again. "
+def retry_prompt(prompt: str, hint: str, attempt: int, max_attempts: int) -> str:
+    """The observation before attempt ``attempt`` (>= 2): the original prompt, then the previous attempt's hint."""
+    hint = hint.strip()
+    stop = "" if hint.endswith((".", "!", "?")) else "."
+    return (f"{prompt}\n\nYour previous answer was judged: {hint}{stop} Try again. "
             f"(Attempt {attempt} of {max_attempts}.)")
 
 
@@ -30,7 +30,9 @@ class MultiTurnRetry(gym.Wrapper[str, str, str, str], gym.utils.RecordConstructo
     Each step is one attempt, judged by the inner env. After a verdict other than ``correct`` with attempts left,
     the episode goes on: the inner env is reset to the same problem (``options={"problem_id": same id}``, the
     other reset options kept) and the next observation is the problem's prompt followed by
-    ``"Your previous answer was judged: <feedback>. Try again. (Attempt k of N.)"``.
+    ``"Your previous answer was judged: <hint>. Try again. (Attempt k of N.)"``. The hint is the inner env's
+    ``info["hint"]`` (what the policy may see), never ``info["feedback"]``, which is for the learner and may name
+    the expected answer or a working input: shown to the policy, copying it would win the retry.
     The episode terminates after a ``correct`` attempt or after ``max_attempts`` attempts.
 
     Rewards: every intermediate step gives 0 and the final step gives ``reward_rule`` applied to the attempts'
@@ -96,9 +98,10 @@ class MultiTurnRetry(gym.Wrapper[str, str, str, str], gym.utils.RecordConstructo
         if info.get("verdict") == Verdict.CORRECT.value or attempt >= self.max_attempts:
             self._done = True
             return obs, self._episode_reward(), True, bool(truncated), info
-        feedback = str(info.get("feedback") or obs)
+        # Never the feedback (nor ``obs``: a terminated TextEnv's observation is its feedback).
+        hint = str(info.get("hint") or "").strip() or default_hint(str(info.get("verdict", "")))
         prompt, _ = self.env.reset(options={**self._options, "problem_id": self._problem_id})
-        return retry_prompt(prompt, feedback, attempt + 1, self.max_attempts), 0.0, False, False, info
+        return retry_prompt(prompt, hint, attempt + 1, self.max_attempts), 0.0, False, False, info
 
     def _episode_reward(self) -> float:
         rewards = list(self._rewards)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import gymnasium as gym
@@ -10,6 +11,7 @@ from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 
 import fst_env
+from fst_env.core import default_hint
 from fst_env.wrappers import MultiTurnRetry, TextEpisodeStatistics
 from fst_env.wrappers.multi_turn_retry import retry_prompt
 
@@ -29,7 +31,11 @@ def _reward(response: str, problem: dict) -> tuple[float, str] | float:
 @pytest.fixture(autouse=True)
 def _echo_env() -> None:
     fst_env.register_task(ENV_ID, problems=[{"prompt": f"Repeat the word {w}.", "answer": w} for w in WORDS],
-                          reward_fn=_reward)
+                          reward_fn=_reward, hint_fn=_hint)
+
+
+def _hint(response: str, problem: dict, reward: float) -> str:
+    return "Right word, wrong case: use lower case" if reward == 0.5 else "Not that word"
 
 
 def _episode(env: gym.Env, actions: list[str], problem_id: int = 0) -> list[tuple]:
@@ -52,7 +58,9 @@ def test_retry_observation_carries_prompt_feedback_and_attempt() -> None:
     assert obs == ("Repeat the word river.\n\nYour previous answer was judged: Right word, wrong case: use lower "
                    "case. Try again. (Attempt 2 of 3.)")
     obs, reward, terminated, _, info = env.step("pebble")
-    assert "The expected answer is 'river'" in obs and "(Attempt 3 of 3.)" in obs
+    assert "The expected answer is 'river'" in info["feedback"]  # the learner's text names it ...
+    assert obs == ("Repeat the word river.\n\nYour previous answer was judged: Not that word. Try again. "
+                   "(Attempt 3 of 3.)")
     assert info["attempt"] == 2 and info["problem_id"] == 1
     obs, reward, terminated, _, info = env.step("river")
     assert terminated and reward == 1.0 and info["verdict"] == "correct"
@@ -119,7 +127,7 @@ def test_no_state_across_resets() -> None:
     obs, info = env.reset(options={"problem_id": 2})
     assert obs == "Repeat the word stone." and info["attempt_rewards"] == []
     obs, _, terminated, _, info = env.step("pear")
-    assert not terminated and info["attempt"] == 1 and "'stone'" in obs and "(Attempt 2 of 3.)" in obs
+    assert not terminated and info["attempt"] == 1 and "Not that word" in obs and "(Attempt 2 of 3.)" in obs
     assert env.reset(seed=7) == env.reset(seed=7)
 
 
@@ -211,7 +219,8 @@ def test_full_stack_on_math_env_retries_to_the_oracle_answer() -> None:
     obs, reward, terminated, _, info = env.step(r"\boxed{-987654321}")
     assert (reward, terminated, info["verdict"]) == (0.0, False, "incorrect")
     expected = env.unwrapped.problem.answer
-    assert f"expected answer {expected}" in obs and obs.startswith("Think step by step.\n\n")
+    assert f"expected answer {expected}" in info["feedback"] and f"expected answer {expected}" not in obs
+    assert "Your answer -987654321 (from \\boxed{}) is incorrect." in obs and obs.startswith("Think step by step.\n\n")
     _, reward, terminated, _, info = env.step(rf"The answer is \boxed{{{expected}}}")
     assert terminated and info["verdict"] == "correct" and reward == pytest.approx(0.5)
     assert info["episode"]["r"] == pytest.approx(0.5)
@@ -233,3 +242,75 @@ def test_make_vec_math_group_with_wrappers() -> None:
         assert infos["episode"]["l"].tolist() == [2, 2, 2, 2]
     finally:
         envs.close()
+
+
+# ----------------------------------------------------------------------------- no answer leaks into a retry
+_QUOTED = re.compile(r"'([^'\n]{1,200})'|\"([^\"\n]{1,200})\"|`([^`\n]{1,200})`")
+_NUMBERS = re.compile(r"-?\d+(?:[.,/]\d+)*")
+_SLOT = "\x00"
+
+
+def _copies(observation: str, template: str | None, limit: int = 80) -> list[str]:
+    """What a copying policy could answer: the whole text, every line, quoted string and number, each also put
+    in the task's answer format (``template``, the oracle response with its answer cut out)."""
+    texts = [observation, *observation.splitlines()]
+    texts += [next(g for g in m.groups() if g) for m in _QUOTED.finditer(observation)]
+    texts += [*_NUMBERS.findall(observation), *(f"\\boxed{{{n}}}" for n in _NUMBERS.findall(observation))]
+    texts = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    if template is not None:
+        texts += [template.replace(_SLOT, t) for t in texts if len(t) < 300]
+    texts = list(dict.fromkeys(texts))
+    return texts if len(texts) <= limit else [*texts[: limit // 2], *texts[-limit // 2:]]
+
+
+def _single_turn_ids() -> list[str]:
+    ids = []
+    for env_id in fst_env.registered_ids("fst"):
+        env = gym.make(env_id)
+        env.reset(seed=0)
+        if env.step("I do not know.")[2]:
+            ids.append(env_id)
+        env.close()
+    return ids
+
+
+@pytest.mark.parametrize("env_id", _single_turn_ids())
+def test_a_retry_cannot_be_won_by_copying_the_retry_observation(env_id: str) -> None:
+    """Copying text from the retry observation wins no problem that copying from the first prompt (or from the
+    retry's fixed frame) does not win: the retry adds no answer; and the hint never holds the expected answer.
+    First answers: constants, and a well-formatted wrong answer (which makes most feedback name the answer)."""
+    judge = gym.make(env_id)
+    retry = MultiTurnRetry(gym.make(env_id), max_attempts=2)
+
+    def correct(problem_id: int, action: str) -> bool:
+        judge.reset(options={"problem_id": problem_id})
+        return judge.step(action)[4]["verdict"] == "correct"
+
+    won_first = won_retry = 0
+    for problem_id in range(3):
+        first, _ = retry.reset(options={"problem_id": problem_id})
+        oracle = retry.unwrapped.oracle_response()
+        problem = getattr(retry.unwrapped, "problem", None)  # a seat of a multi-agent game has none
+        answer = str(problem.answer).strip() if problem is not None else None
+        template = oracle.replace(answer, _SLOT, 1) if oracle and answer and answer in oracle else None
+        first_wins = any(correct(problem_id, text) for text in _copies(first, template))
+        first_answers = ["I do not know.", "0"] + ([template.replace(_SLOT, "0")] if template else [])
+        for first_answer in first_answers:
+            retry.reset(options={"problem_id": problem_id})
+            observation, _, terminated, _, info = retry.step(first_answer)
+            if terminated:
+                continue  # the first answer happened to be right
+            hint = info.get("hint") or default_hint(info["verdict"])  # a multi-agent seat passes no hint on
+            for secret in (oracle, answer):
+                if secret and len(secret.strip()) > 2:
+                    assert secret.strip() not in hint, (env_id, problem_id, hint)
+            assert observation.startswith(first) and hint in observation
+            # Constants any retry holds (the frame "Attempt 2 of 2" and a generic hint) are the baseline too.
+            frame = retry_prompt("", default_hint(info["verdict"]), 2, 2)
+            baseline = first_wins or any(correct(problem_id, text) for text in _copies(frame, template))
+            retry_wins = [text for text in _copies(observation.removeprefix(first), template)
+                          if correct(problem_id, text)]
+            assert not retry_wins or baseline, (env_id, problem_id, retry_wins[:3])
+            won_first += baseline
+            won_retry += bool(retry_wins) or baseline
+    assert won_retry <= won_first
