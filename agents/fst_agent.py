@@ -14,7 +14,10 @@ differ in exactly one thing.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import math
 import random
 import time
 from collections import deque
@@ -31,8 +34,8 @@ from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
 from fst_env.agents.rollout import Rollout
-from fst_env.agents.slow import LoraSettings, SlowLearner
-from fst_env.backends import make_backend
+from fst_env.agents.slow import LOSSES, LoraSettings, SlowLearner
+from fst_env.backends import BACKENDS, make_backend
 from fst_env.backends.base import SamplingParams
 from fst_env.context import Context, render_context
 from fst_env.models import Policy, atomic_directory
@@ -76,21 +79,84 @@ class FSTConfig:
     seed: int = 0
 
     def validate(self) -> FSTConfig:
+        """Raise ValueError naming the first bad field (its value and what is allowed); returns ``self``."""
+        for name in ("slow", "fast", "full_finetune"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FSTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if not (self.slow or self.fast):
             raise ValueError("FSTConfig: at least one of slow / fast must be on")
         for name in ("group_size", "groups_per_step", "fast_every", "population_size", "fast_problems",
-                     "fast_budget", "proposals_per_round", "minibatch_size", "max_new_tokens", "lora_rank"):
+                     "fast_budget", "proposals_per_round", "minibatch_size", "max_new_tokens", "lora_rank",
+                     "micro_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FSTConfig.{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"FSTConfig.seed must be an int, got {self.seed!r}")
+        _check_number("temperature", self.temperature, "> 0 (for greedy evaluation use evaluate(greedy=True))",
+                      lambda v: v > 0)
+        _check_number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        _check_number("tau", self.tau, ">= 1 (the cap on the importance weight)", lambda v: v >= 1)
+        _check_number("kl_coef", self.kl_coef, ">= 0", lambda v: v >= 0)
+        _check_number("lora_alpha", self.lora_alpha, "> 0", lambda v: v > 0)
+        if self.lr is not None:
+            _check_number("lr", self.lr, "> 0, or unset for the default", lambda v: v > 0)
+        if self.loss not in LOSSES:
+            raise ValueError(f"FSTConfig.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.fast_learner not in ("reflective", "notes"):
             raise ValueError(f"FSTConfig.fast_learner must be 'reflective' or 'notes', got {self.fast_learner!r}")
         if self.slow and self.group_size < 2:
             raise ValueError("FSTConfig.group_size must be >= 2 when the slow channel is on (advantages are "
                              "normalised within a group)")
+        _check_backend(self.backend, self.backend_kwargs)
         if not isinstance(self.seed_context, Mapping) or not str(self.seed_context.get("instructions", "")).strip():
             raise ValueError("FSTConfig.seed_context must be a dict with a non-empty 'instructions' component")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.seed_context.items()):
+            raise ValueError(f"FSTConfig.seed_context must map component names to strings, got {self.seed_context!r}")
+        if not self.full_finetune:
+            try:
+                LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha).validate()
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("LoraSettings.rank", "FSTConfig.lora_rank")
+                                 .replace("LoraSettings.alpha", "FSTConfig.lora_alpha")) from None
         return self
+
+
+def _check_number(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
+    """Raise ValueError unless ``value`` is a finite real number (not a bool or a string) for which ``ok`` holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"FSTConfig.{name} must be a finite number {allowed}, got {value!r}")
+
+
+#: Where each backend's keyword arguments are declared: (module under fst_env.backends, class, leading
+#: parameters make_backend fills itself: self, and the policy for backends built on one).
+_BACKEND_SIGNATURES = {"fast": ("static", "StaticCacheBackend", 2), "hf": ("hf", "HFBackend", 2),
+                       "openai": ("openai", "OpenAIBackend", 1), "vllm": ("vllm", "VLLMBackend", 2)}
+
+
+def _check_backend(name: Any, kwargs: Any) -> None:
+    """Raise ValueError for a backend name not in BACKENDS, or kwargs its constructor would not accept."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"FSTConfig.backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"FSTConfig.backend_kwargs must be a table with string keys, got {kwargs!r}")
+    if name not in _BACKEND_SIGNATURES:  # a backend added to BACKENDS without an entry here: its own checks apply
+        return
+    module_name, class_name, filled = _BACKEND_SIGNATURES[name]
+    module = importlib.import_module(f"fst_env.backends.{module_name}")
+    parameters = list(inspect.signature(getattr(module, class_name).__init__).parameters.values())[filled:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return  # forwards any further keyword (vLLM's engine arguments): the engine checks them
+    accepted = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and not (name == "openai" and p.name in ("tokenizer", "sleep"))]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"FSTConfig.backend_kwargs: {', '.join(map(repr, unknown))} not accepted by backend "
+                         f"{name!r}; allowed: {', '.join(accepted) or 'none'}")
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name in accepted
+               and p.name not in kwargs]
+    if missing:
+        raise ValueError(f"FSTConfig.backend_kwargs: backend {name!r} needs {', '.join(missing)}")
 
 
 class FSTAgent:
@@ -177,6 +243,8 @@ class FSTAgent:
             rollout.reward = float(rewards[i])
             rollout.feedback = str(info.get("feedback", ""))
             rollout.verdict = str(info.get("verdict", ""))
+            if info.get("error"):  # why the env could not score it (a broken reward function, a judge crash)
+                rollout.info["error"] = str(info["error"])
         self.batch.extend(self.pending)
         self.recent.extend(self.pending)
         self.pending = []
@@ -193,7 +261,10 @@ class FSTAgent:
         batch, self.batch = self.batch, []
         self.counters["update"] += 1
         metrics: dict[str, Any] = {"rollout/reward_mean": float(np.mean([r.reward for r in batch])),
-                                   "rollout/correct_frac": float(np.mean([r.verdict == "correct" for r in batch]))}
+                                   "rollout/correct_frac": float(np.mean([r.verdict == "correct" for r in batch])),
+                                   # Rollouts the env could not score: a broken judge or reward function shows here.
+                                   "rollout/error_rate": float(np.mean([r.verdict == "error" for r in batch])),
+                                   "rollout/timeout_rate": float(np.mean([r.verdict == "timeout" for r in batch]))}
         if self.slow is not None:
             metrics.update({f"slow/{k}": v for k, v in self.slow.step(batch).items()})
             self.counters["slow_steps"] += 1

@@ -209,10 +209,15 @@ class LoraSettings:
         """Raise ValueError on a bad field; returns ``self``."""
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"LoraSettings.rank must be an int >= 1, got {self.rank!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoraSettings.alpha must be > 0, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}")
+        # Type first: a string or bool from a config file must be one clear line, not a TypeError on compare.
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) \
+                or not self.alpha > 0:
+            raise ValueError(f"LoraSettings.alpha must be a finite number > 0, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoraSettings.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.target_modules, (str, tuple, list)):
+            raise ValueError(f"LoraSettings.target_modules must be 'all-linear' or module names, "
+                             f"got {self.target_modules!r}")
         if isinstance(self.target_modules, str):
             if not self.target_modules:
                 raise ValueError("LoraSettings.target_modules must not be empty")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,20 +66,35 @@ class RunConfig:
             raise ConfigError(f"mode: must be one of {', '.join(MODES)}; got {self.mode!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed: must be an int, got {self.seed!r}")
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigError(f"model: must be 'embedded', 'tiny', a directory or a model id; got {self.model!r}")
+        check_model("model", self.model, special=("embedded", "tiny"))
+        if self.reflection_model is not None and not _is_http_url(self.reflection_model):
+            check_model("reflection_model", self.reflection_model, special=("embedded",))
+        if self.reflection_api_model is not None and (not isinstance(self.reflection_api_model, str)
+                                                      or not self.reflection_api_model.strip()):
+            raise ConfigError(f"reflection_api_model: must be the model name the endpoint serves, "
+                              f"got {self.reflection_api_model!r}")
+        for name in ("agent", "schedule"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(f"{name}: must be a table of settings, got {getattr(self, name)!r}")
         self.agent_config()
         self.build_schedule()
         return self
 
     def agent_config(self) -> Any:
+        """The validated FSTConfig this run config describes (mode sets the slow / fast channels)."""
         config_type = _agent_config_type()
         allowed = {f.name for f in dataclasses.fields(config_type)}
         for key in self.agent:
             if key not in allowed:
                 raise ConfigError(f"agent.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
-        values = {**self.agent, "seed": self.agent.get("seed", self.seed)}
-        values.update({"slow": self.mode != "prompt", "fast": self.mode != "rl"})
+        channels = {"slow": self.mode != "prompt", "fast": self.mode != "rl"}
+        for key, on in channels.items():  # mode decides the channels: a contradicting agent.slow/fast is an error
+            if key in self.agent and not isinstance(self.agent[key], bool):
+                raise ConfigError(f"agent.{key} must be true or false, got {self.agent[key]!r}")
+            if key in self.agent and self.agent[key] is not on:
+                raise ConfigError(f"agent.{key}: set by mode ({self.mode!r} means {key} = {str(on).lower()}), "
+                                  f"got {self.agent[key]!r}; choose the mode instead (fst, rl, prompt)")
+        values = {**self.agent, "seed": self.agent.get("seed", self.seed), **channels}
         try:
             return config_type(**values).validate()
         except ValueError as exc:
@@ -86,9 +102,12 @@ class RunConfig:
 
     def build_schedule(self) -> Schedule:
         allowed = {f.name for f in dataclasses.fields(Schedule)} - {"stages"}
-        for key in self.schedule:
+        for key, value in self.schedule.items():
             if key not in allowed:
                 raise ConfigError(f"schedule.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
+            if isinstance(value, bool):  # bool is an int subclass: true would pass as 1
+                raise ConfigError(f"schedule.{key}: must be {'a split name' if key == 'eval_split' else 'an int'}, "
+                                  f"got {value!r}")
         stage_fields = {f.name for f in dataclasses.fields(Stage)}
         stages = []
         if not isinstance(self.stages, list) or not self.stages:
@@ -102,6 +121,12 @@ class RunConfig:
             missing = [k for k in ("env_id", "steps") if k not in stage]
             if missing:
                 raise ConfigError(f"stages[{i}].{missing[0]}: required")
+            kwargs = stage.get("env_kwargs", {})
+            if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+                raise ConfigError(f"stages[{i}].env_kwargs: must be a table with string keys, got {kwargs!r}")
+            if not isinstance(stage.get("reset_population", False), bool):
+                raise ConfigError(f"stages[{i}].reset_population: must be true or false, "
+                                  f"got {stage['reset_population']!r}")
             stages.append(Stage(**stage))
         return Schedule(stages, **self.schedule).validate()
 
@@ -115,6 +140,43 @@ class RunConfig:
             if key not in allowed:
                 raise ConfigError(f"{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
         return cls(**dict(data))
+
+
+# A Hugging Face model id: "name" or "owner/name" (letters, digits, '.', '_', '-').
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def _is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def check_model(field_name: str, value: Any, *, special: tuple[str, ...]) -> None:
+    """Raise ConfigError unless ``value`` is something load_policy can load: one of ``special``, an existing
+    model directory or ``.gguf`` file, or a Hugging Face model id. A path that does not exist is named as such."""
+    allowed = f"{', '.join(map(repr, special))}, a model directory, a .gguf file or a Hugging Face id"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{field_name}: must be {allowed}; got {value!r}")
+    if value in special:
+        return
+    if _is_http_url(value):
+        raise ConfigError(f"{field_name}: {value!r} is a URL; weights load from {allowed} (an OpenAI-compatible "
+                          "endpoint is agent.backend = 'openai' with backend_kwargs base_url and model)")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():  # what from_pretrained reads first
+            raise ConfigError(f"{field_name}: {value!r} is a directory without config.json, not a model directory")
+        return
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return
+        raise ConfigError(f"{field_name}: {value!r} is a file but not a .gguf; must be {allowed}")
+    # A path-shaped name (or one whose first component is a local directory) was meant as a path: say it is missing.
+    first_is_dir = len(path.parts) > 1 and Path(path.parts[0]).expanduser().is_dir()
+    if value.startswith(("/", "./", "../", "~")) or value.endswith(".gguf") or "\\" in value or first_is_dir:
+        raise ConfigError(f"{field_name}: {value!r} does not exist; must be {allowed}")
+    if not _HUB_ID.fullmatch(value):
+        raise ConfigError(f"{field_name}: {value!r} is neither an existing path nor a Hugging Face id; "
+                          f"must be {allowed}")
 
 
 def load_config(path: str | Path) -> RunConfig:
