@@ -11,7 +11,12 @@ the problem id; splits disjoint by prompt hash). Their reference outputs are com
 problem is built: that code is ours, and bounded by construction.
 
 Answers are read from the last ``<answer>...</answer>``, else the last fenced code block, else a final
-``Output:`` / ``Input:`` line. ``feedback_verbosity``: ``verdict`` (right or wrong only), ``expected``
+``Output:`` / ``Input:`` line. Output mode compares printouts exactly: only trailing whitespace on each line
+and blank lines around the answer are ignored, so ``20.0`` is not ``20`` and ``1`` is not ``True`` (a program
+that prints one did not print the other); the feedback says where the two first differ and, when both parse
+as the same Python value, that only the writing differs (e.g. float ``20.0`` vs int ``20``). Every outcome
+carries a policy-visible ``hint`` that never holds the expected output or a working input.
+``feedback_verbosity``: ``verdict`` (right or wrong only), ``expected``
 (default: expected vs got) or ``trace`` (also the variables each line changed, on the reference input in
 output mode and on the model's own input in input mode).
 """
@@ -170,14 +175,51 @@ def _normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").strip().split("\n"))
 
 
-def _same_value(got: str, expected: str) -> bool:
-    """Whether two printed outputs are the same Python literal written differently (e.g. [1,2] vs [1, 2])."""
-    if len(got) > 4 * len(expected) + 64:
-        return False  # never hand a huge answer to the parser
+def first_difference(got: str, expected: str) -> tuple[int, int]:
+    """Where two printouts first differ: ``(line, column)``, both 1-based (column = 1 + common prefix length)."""
+    got_lines, expected_lines = got.split("\n"), expected.split("\n")
+    for number, (a, b) in enumerate(zip(got_lines, expected_lines, strict=False), start=1):
+        if a != b:
+            column = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            return number, column + 1
+    return min(len(got_lines), len(expected_lines)) + 1, 1
+
+
+def _where(got: str, expected: str, whose: str) -> str:
+    """The policy-safe account of where ``got`` leaves ``expected`` (positions and line counts only)."""
+    line, column = first_difference(got, expected)
+    got_n, expected_n = got.count("\n") + 1, expected.count("\n") + 1
+    if line > min(got_n, expected_n):
+        more = "more" if got_n > expected_n else "fewer"
+        return f"{whose} has {more} lines than the real output (the first {line - 1} match)"
+    return f"{whose} differs from the real output at line {line}, character {column}"
+
+
+def _kind(text: str) -> str | None:
+    """The Python type name of a printout that is one literal (``int``, ``float``, ``bool``...), else None."""
+    if len(text) > 2000:
+        return None  # never hand a huge answer to the parser
     try:
-        return ast.literal_eval(got) == ast.literal_eval(expected)
+        return type(ast.literal_eval(text)).__name__
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False
+        return None
+
+
+def _written_differently(got: str, expected: str) -> str:
+    """For the learner: a note when both printouts parse as equal values that are written or typed differently."""
+    got_kind, expected_kind = _kind(got), _kind(expected)
+    if got_kind is None or expected_kind is None:
+        return ""
+    try:
+        same = ast.literal_eval(got) == ast.literal_eval(expected)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return ""
+    if not same:
+        return f" (you wrote a {got_kind}, the program prints a {expected_kind})" if got_kind != expected_kind else ""
+    if got_kind != expected_kind:
+        return (f" The values are equal but of different types: your {got_kind} is printed differently from the "
+                f"program's {expected_kind}; the printout must match exactly.")
+    return " The values are equal but written differently (spacing, quotes or form); the printout must match exactly."
 
 
 def _show(text: str, limit: int = 200) -> str:
@@ -217,19 +259,17 @@ class CodeIOEnv(TextEnv):
         mode = problem.metadata["mode"]
         what = "output" if mode == "output" else "input"
         if not response.strip():
-            return Outcome(0.0, Verdict.FORMAT_ERROR, f"Format error: the response is empty. Give the {what} "
-                                                      f"between <answer> and </answer> tags.")
+            message = f"Format error: the response is empty. Give the {what} between <answer> and </answer> tags."
+            return Outcome(0.0, Verdict.FORMAT_ERROR, message, hint=message)
         found = extract_answer(response, mode)
         if found.text is None:
-            return Outcome(0.0, Verdict.FORMAT_ERROR,
-                           f"Format error: no answer found (no <answer>...</answer> tags, no fenced block and no "
-                           f"'{what.title()}:' line). Give the {what} between <answer> and </answer> tags.",
-                           info={"extracted": None})
+            message = (f"Format error: no answer found (no <answer>...</answer> tags, no fenced block and no "
+                       f"'{what.title()}:' line). Give the {what} between <answer> and </answer> tags.")
+            return Outcome(0.0, Verdict.FORMAT_ERROR, message, info={"extracted": None}, hint=message)
         if len(found.text) > self.config.max_answer_chars:
-            return Outcome(0.0, Verdict.FORMAT_ERROR,
-                           f"Format error: the extracted {what} has {len(found.text):,} characters, over the limit "
-                           f"of {self.config.max_answer_chars:,}; the expected {what} is short.",
-                           info={"extracted": found.text[:200]})
+            message = (f"Format error: the extracted {what} has {len(found.text):,} characters, over the limit "
+                       f"of {self.config.max_answer_chars:,}; the expected {what} is short.")
+            return Outcome(0.0, Verdict.FORMAT_ERROR, message, info={"extracted": found.text[:200]}, hint=message)
         if mode == "output":
             return self._judge_output(problem, found)
         return self._judge_input(problem, found)
@@ -238,16 +278,21 @@ class CodeIOEnv(TextEnv):
         expected = problem.metadata["output"]
         got = _normalise(found.text or "")
         info = {"extracted": got, "extraction": found.method, "expected": expected}
-        if got == expected or _same_value(got, expected):
-            return Outcome(1.0, Verdict.CORRECT, f"Correct: the program prints {_show(expected)}.", info=info)
+        if got == expected:  # exact: a different printout is a different output, whatever value it parses to
+            return Outcome(1.0, Verdict.CORRECT, f"Correct: the program prints {_show(expected)}.", info=info,
+                           hint="Correct: your predicted output matches the program's exactly.")
+        where = _where(got, expected, "Your predicted output")
+        hint = f"Incorrect: {where[0].lower() + where[1:]}."
+        info["first_difference"] = first_difference(got, expected)
         verbosity = self.config.feedback_verbosity
         if verbosity == "verdict":
             return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: the program does not print {_show(got)}.",
-                           info=info)
-        feedback = f"Incorrect: you predicted {_show(got)} but the program prints {_show(expected)}."
+                           info=info, hint=hint)
+        feedback = (f"Incorrect: you predicted {_show(got)} but the program prints {_show(expected)}; "
+                    f"{where[0].lower()}{where[1:]}.{_written_differently(got, expected)}")
         if verbosity == "trace":
             feedback += _trace_text(trace_trusted(problem.metadata["program"]))
-        return Outcome(0.0, Verdict.INCORRECT, feedback, info=info)
+        return Outcome(0.0, Verdict.INCORRECT, feedback, info=info, hint=hint)
 
     def _judge_input(self, problem: Problem, found: _Extracted) -> Outcome:
         target = problem.metadata["output"]
@@ -268,23 +313,30 @@ class CodeIOEnv(TextEnv):
         if result.status in ("timeout", "memory", "output_limit"):
             verdict = Verdict.TIMEOUT if result.status == "timeout" else Verdict.INCORRECT
             return Outcome(0.0, verdict, f"Incorrect: with input {_show(given)} the program does not finish "
-                                         f"normally ({result.error}).{goal}{trace}", info=info)
+                                         f"normally ({result.error}).{goal}{trace}", info=info,
+                           hint=f"Incorrect: with your input the program does not finish normally ({result.status}).")
         if result.status == "sandbox_error":
-            return Outcome(0.0, Verdict.ERROR, f"Error: the input could not be checked ({result.error}).", info=info)
+            return Outcome(0.0, Verdict.ERROR, f"Error: the input could not be checked ({result.error}).", info=info,
+                           hint="Error: your input could not be checked (a fault of the checker, not of the input).")
         if result.status != "ok":
             return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: with input {_show(given)} the program fails: "
-                                                   f"{_program_error(result)}.{goal}{trace}", info=info)
+                                                   f"{_program_error(result)}.{goal}{trace}", info=info,
+                           hint=f"Incorrect: with your input the program fails: {_program_error(result)[:200]}.")
         printed = _normalise(result.stdout)
         info["printed"] = printed
         if printed == target:
             return Outcome(1.0, Verdict.CORRECT, f"Correct: with input {_show(given)} the program prints "
-                                                 f"{_show(target)}.", info=info)
+                                                 f"{_show(target)}.", info=info,
+                           hint="Correct: with your input the program prints the target output.")
+        # The target is in the prompt, so positions in it reveal nothing new; the reference input stays out.
+        hint = f"Incorrect: with your input the program's output {_where(printed, target, 'it')[3:]}"
+        hint = hint.replace("the real output", "the target") + "."
         if verbosity == "verdict":
             return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: with input {_show(given)} the program does not "
-                                                   f"print the target output.", info=info)
+                                                   f"print the target output.", info=info, hint=hint)
         return Outcome(0.0, Verdict.INCORRECT, f"Incorrect: with input {_show(given)} the program prints "
                                                f"{_show(printed)}, not the target {_show(target)}. (One input that "
-                                               f"works: {_show(reference)}.){trace}", info=info)
+                                               f"works: {_show(reference)}.){trace}", info=info, hint=hint)
 
 
 def _program_error(result: SandboxResult) -> str:
