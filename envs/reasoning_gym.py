@@ -18,9 +18,12 @@ instance is a known bottleneck (``benchmarks/rg_dataset_build.py`` measures the 
 
 ``import reasoning_gym`` costs ~1.5 s (it imports sympy and more), so it is deferred to the first env built.
 
-Security note: a few rg scorers call ``eval()`` on the answer text (``n_queens``, ``string_insertion``,
-``spiral_matrix``, ``binary_matrix``). For those tasks answers holding characters that their answers never
-need (parentheses, dots, operators) are rejected before the scorer sees them, so model output cannot run code.
+Security (model output is hostile): every task is classified in :data:`SCORER_CLASSES` by what its scorer does
+with the answer text (read from reasoning-gym's source; reasons in :data:`SCORER_CLASS_REASONS`). Tasks whose
+scorer evaluates the answer (``eval``, ``sympy.parse_expr``/``sympify``, ``exec``, or an unbounded parser) get an
+input filter that lets no code through (:func:`answer_filter_error`) *and* are scored in the isolated,
+deadline-bounded worker of :mod:`fst_env.judging`; ``plain`` tasks compare strings or numbers in-process,
+bounded by the answer-length cap, and an overrun of the step deadline still scores ``timeout``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,17 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from fst_env import judging
 from fst_env.cards import EnvCard, register_env
-from fst_env.core import DEFAULT_MAX_RESPONSE_CHARS, Outcome, Problem, TextEnv, Verdict
+from fst_env.core import (
+    DEFAULT_MAX_RESPONSE_CHARS,
+    DEFAULT_STEP_DEADLINE_S,
+    Outcome,
+    Problem,
+    TextEnv,
+    Verdict,
+    timeout_outcome,
+)
 from fst_env.splits import ProceduralSplit
 
 #: Problem ids per split (problem ``k`` of a split is drawn by ProceduralSplit; sizes are virtual).
@@ -48,9 +60,125 @@ ANSWER_INSTRUCTION = ("\n\nWhen you have worked it out, give only your final ans
 REQUIRED_FORMAT = ("Required format: only the final answer, written as the question asks, between <answer> and "
                    "</answer> tags (a final line 'Answer: ...' is also accepted).")
 
-#: Tasks whose scorer calls eval() on the answer text, and the characters their real answers are made of.
-EVAL_SCORERS: frozenset[str] = frozenset({"n_queens", "string_insertion", "spiral_matrix", "binary_matrix"})
+#: What each class of scorer does with the answer text, and so how it is guarded.
+SCORER_CLASS_REASONS: dict[str, str] = {
+    "arithmetic": "sympy parse_expr (eval) of an arithmetic expression: digits/operators filter, isolated worker",
+    "symbolic": "sympy parse_expr (eval) of a formula: problem variables/functions, bounded powers, isolated worker",
+    "sympy": "sympy imported and used on answers (numeric answers): numeric filter, isolated worker",
+    "eval": "Python eval() of the answer text: list-literal characters only, isolated worker",
+    "isolated": "exec of generated code, delegated scorers (composite) or a recursive parser: isolated worker",
+    "plain": "string / number comparison in pure Python, linear in the (capped) answer: in-process",
+}
+
+_ISOLATED_CLASSES = frozenset({"arithmetic", "symbolic", "sympy", "eval", "isolated"})
+
+#: Every reasoning_gym.factory.DATASETS task and its scorer class (see SCORER_CLASS_REASONS).
+SCORER_CLASSES: dict[str, str] = {
+    **dict.fromkeys(("countdown", "puzzle24"), "arithmetic"),
+    **dict.fromkeys(("polynomial_multiplication", "simple_integration", "intermediate_integration"), "symbolic"),
+    **dict.fromkeys(("polynomial_equations", "simple_equations", "advanced_geometry"), "sympy"),
+    **dict.fromkeys(("n_queens", "string_insertion", "spiral_matrix", "binary_matrix"), "eval"),
+    **dict.fromkeys(("codeio", "composite", "propositional_logic"), "isolated"),
+    **dict.fromkeys((
+        "ab", "acre", "aiw", "arc_1d", "arc_agi", "base_conversion", "basic_arithmetic", "bf", "binary_alternation",
+        "bitwise_arithmetic", "boxnet", "caesar_cipher", "calendar_arithmetic", "chain_sum", "circuit_logic",
+        "coin_flip", "color_cube_rotation", "complex_arithmetic", "count_bits", "count_primes", "course_schedule",
+        "cryptarithm", "decimal_arithmetic", "decimal_chain_sum", "dice", "emoji_mystery", "family_relationships",
+        "figlet_font", "fraction_simplification", "futoshiki", "game_of_life", "game_of_life_halting", "gcd",
+        "graph_color", "group_anagrams", "gsm_symbolic", "isomorphic_strings", "jugs", "kakurasu", "knight_swap",
+        "knights_knaves", "largest_island", "lcm", "leg_counting", "letter_counting", "letter_jumble",
+        "list_functions", "mahjong_puzzle", "manipulate_matrix", "maze", "mini_sudoku", "modulo_grid",
+        "needle_haystack", "number_filtering", "number_format", "number_sequence", "number_sorting",
+        "palindrome_generation", "palindrome_partitioning", "path_star", "pool_matrix", "power_function",
+        "prime_factorization", "products", "quantum_lock", "ransom_note", "rearc", "rectangle_count",
+        "rotate_matrix", "rotten_oranges", "rubiks_cube", "rush_hour", "self_reference", "sentence_reordering",
+        "shortest_path", "simple_geometry", "sokoban", "spell_backward", "string_manipulation", "string_splitting",
+        "string_synthesis", "sudoku", "survo", "syllogism", "time_intervals", "tower_of_hanoi", "tsumego",
+        "word_ladder", "word_sequence_reversal", "word_sorting", "zebra_puzzles"), "plain"),
+}
+
+#: Tasks whose scorer calls eval() on the answer text (kept for callers of the old name).
+EVAL_SCORERS: frozenset[str] = frozenset(t for t, c in SCORER_CLASSES.items() if c == "eval")
 _EVAL_SAFE = re.compile(r"[A-Za-z0-9_\s\[\],'\"-]*")
+_ARITHMETIC_SAFE = re.compile(r"[0-9+\-*/()\s]*")
+_NUMERIC_SAFE = re.compile(r"[0-9.,+\-/\s()\[\]eE=a-zA-Z_]*")
+_SYMBOL_TOKEN = re.compile(r"\s+|\d+(?:\.\d+)?|[A-Za-z_][A-Za-z_0-9]*|\*\*|[-+*/()]")
+#: Function and constant names an integration answer may use (sympy names that evaluate nothing dangerous).
+_SYMBOLIC_NAMES = frozenset({"C", "E", "pi", "exp", "log", "ln", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc",
+                             "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "Abs"})
+_MAX_EXPRESSION_CHARS = 1000
+_MAX_DIGITS = 12
+_MAX_NESTING = 12
+
+
+def scorer_class(task: str) -> str:
+    """The scorer class of an rg task (a key of SCORER_CLASS_REASONS); unknown tasks are treated as isolated."""
+    return SCORER_CLASSES.get(task, "isolated")
+
+
+def answer_filter_error(task: str, answer: str, entry: Mapping[str, Any]) -> str | None:
+    """Why ``answer`` may not reach ``task``'s scorer (it could carry code or an expression bomb), or None.
+
+    Only tasks whose scorer evaluates the text are filtered; the rules admit every well-formed real answer.
+    """
+    kind = scorer_class(task)
+    if kind == "eval":
+        if not _EVAL_SAFE.fullmatch(answer):
+            return ("holds characters that answers to this task never contain (only letters, digits, spaces, "
+                    "brackets, commas, quotes and '-')")
+        return None
+    if kind not in ("arithmetic", "symbolic", "sympy"):
+        return None
+    if len(answer) > _MAX_EXPRESSION_CHARS:
+        return f"is longer than {_MAX_EXPRESSION_CHARS} characters"
+    if re.search(rf"\d{{{_MAX_DIGITS + 1},}}", answer):
+        return f"holds a number with more than {_MAX_DIGITS} digits"
+    if kind == "arithmetic":
+        if not _ARITHMETIC_SAFE.fullmatch(answer) or "**" in answer:
+            return "may use only digits, + - * / and parentheses"
+        return _nesting_error(answer)
+    if kind == "sympy":
+        if not _NUMERIC_SAFE.fullmatch(answer) or "**" in answer or "__" in answer:
+            return "may hold only numbers, letters, commas, signs, '/', '=' and brackets"
+        if re.search(r"[A-Za-z_]\s*\(", answer):
+            return "may not call functions"
+        return _nesting_error(answer)
+    metadata = entry.get("metadata") or {}
+    names = set(_SYMBOLIC_NAMES)
+    names.update(str(v) for v in metadata.get("variables") or ())
+    if metadata.get("variable"):
+        names.add(str(metadata["variable"]))
+    tokens = []
+    position = 0
+    for match in _SYMBOL_TOKEN.finditer(answer):
+        if match.start() != position:
+            break
+        position = match.end()
+        if not match.group().isspace():
+            tokens.append(match.group())
+    if position != len(answer):
+        return "may use only the problem's variables, digits, + - * / ** and parentheses"
+    for i, token in enumerate(tokens):
+        if (token[0].isalpha() or token[0] == "_") and token not in names:
+            return f"uses the name {token[:40]!r}, which is not a variable or function of this problem"
+        if token == "**":
+            exponent = tokens[i + 1] if i + 1 < len(tokens) else ""
+            if not (exponent.isdigit() and len(exponent) <= 2):
+                return "may raise only to a whole-number power below 100"
+            if i + 2 < len(tokens) and tokens[i + 2] == "**":
+                return "may not chain powers"
+    return _nesting_error(answer)
+
+
+def _nesting_error(answer: str) -> str | None:
+    depth = 0
+    for char in answer:
+        depth += char == "("
+        depth -= char == ")"
+        if depth > _MAX_NESTING:
+            return f"nests parentheses more than {_MAX_NESTING} deep"
+    return None
+
 
 _ANSWER_LINE = re.compile(r"^[ \t>*#]*(?:final[ \t]+)?answer[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
@@ -317,7 +445,7 @@ class ReasoningGymEnv(TextEnv):
 
     card = EnvCard(
         summary="Any reasoning-gym task (task=name, plus its config fields), scored by the task's own scorer.",
-        feedback_kinds=("correct", "incorrect", "format_error"),
+        feedback_kinds=("correct", "incorrect", "format_error", "timeout", "error"),
         difficulty_knobs={"task": f"any reasoning_gym.factory.DATASETS name (default {DEFAULT_TASK})",
                           "**task_config": "that task's config fields",
                           "difficulty": "easy / medium / hard preset (curated tasks only)"},
@@ -329,10 +457,12 @@ class ReasoningGymEnv(TextEnv):
 
     def __init__(self, task: str | None = None, split: str = "train", *, difficulty: str | None = None,
                  seed: int = 0, max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS,
-                 render_mode: str | None = None, **task_config: Any) -> None:
+                 render_mode: str | None = None, step_deadline_s: float = DEFAULT_STEP_DEADLINE_S,
+                 **task_config: Any) -> None:
         if task is None:
             raise ValueError("fst/ReasoningGym-v0 needs task=<name>, one of: " + ", ".join(task_names()))
-        super().__init__(split, max_response_chars=max_response_chars, render_mode=render_mode)
+        super().__init__(split, max_response_chars=max_response_chars, render_mode=render_mode,
+                         step_deadline_s=step_deadline_s)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"{self._name()}: seed must be an int, got {type(seed).__name__}")
         self.task = task
@@ -340,6 +470,10 @@ class ReasoningGymEnv(TextEnv):
         self.config = build_config(task, difficulty, **task_config)
         self.dataset = get_dataset(task, self.config)
         self._split = _get_split(task, self.config, split, seed)
+        #: Whether answers are scored in the isolated worker (tasks whose scorer evaluates the answer).
+        self.isolated = scorer_class(task) in _ISOLATED_CLASSES
+        if self.isolated:
+            judging.warm()  # start-up (~1-2 s, once per process) here, not inside the first step's deadline
 
     def num_problems(self) -> int:
         return len(self._split)
@@ -369,38 +503,63 @@ class ReasoningGymEnv(TextEnv):
         if answer is None:
             return Outcome(0.0, Verdict.FORMAT_ERROR,
                            f"Format error: no answer found (no <answer>...</answer> tags and no 'Answer:' line). "
-                           f"{expected_text} {REQUIRED_FORMAT}")
+                           f"{expected_text} {REQUIRED_FORMAT}",
+                           hint=f"No answer found in your response. {REQUIRED_FORMAT}")
         if not answer:
             return Outcome(0.0, Verdict.FORMAT_ERROR,
-                           f"Format error: the answer is empty. {expected_text} {REQUIRED_FORMAT}")
+                           f"Format error: the answer is empty. {expected_text} {REQUIRED_FORMAT}",
+                           hint=f"Your answer was empty. {REQUIRED_FORMAT}")
         where = "inside <answer> tags" if source == "tag" else "on the 'Answer:' line"
         limit = max(4096, 4 * len(str(expected or "")))
         if len(answer) > limit:
             return Outcome(0.0, Verdict.INCORRECT,
                            f"Incorrect: the answer {where} is {len(answer):,} characters long, far longer than "
-                           f"any answer to this question. {expected_text} {REQUIRED_FORMAT}")
-        if self.task in EVAL_SCORERS and not _EVAL_SAFE.fullmatch(answer):
+                           f"any answer to this question. {expected_text} {REQUIRED_FORMAT}",
+                           hint=f"Your answer was far too long to be right. {REQUIRED_FORMAT}")
+        rejected = answer_filter_error(self.task, answer, entry)
+        if rejected is not None:
             return Outcome(0.0, Verdict.INCORRECT,
-                           f"Incorrect: your answer {_show(answer)} holds characters that answers to this task "
-                           f"never contain (only letters, digits, spaces, brackets, commas, quotes and '-'). "
-                           f"{expected_text} {REQUIRED_FORMAT}")
+                           f"Incorrect: your answer {_show(answer)} {rejected}, so it was not scored. "
+                           f"{expected_text} {REQUIRED_FORMAT}",
+                           hint=f"Your answer was not accepted: it {rejected}. {REQUIRED_FORMAT}")
         try:
-            score = float(self.dataset.score_answer(answer, entry))
+            score = self._score(answer, entry)
+        except judging.JudgeTimeout:
+            return timeout_outcome(self.step_deadline_s, "the task's scorer was stopped")
+        except judging.JudgeError as exc:
+            return Outcome(0.0, Verdict.INCORRECT,
+                           f"Incorrect: the task's scorer could not read your answer {_show(answer)} "
+                           f"({_show(str(exc), 120)}). {expected_text} {REQUIRED_FORMAT}",
+                           hint=f"Your answer could not be read by the scorer. {REQUIRED_FORMAT}")
         except Exception as exc:  # rg scorers raise on some malformed answers (e.g. int('abc'))
             return Outcome(0.0, Verdict.INCORRECT,
                            f"Incorrect: the task's scorer could not read your answer {_show(answer)} "
-                           f"({type(exc).__name__}: {_show(str(exc), 120)}). {expected_text} {REQUIRED_FORMAT}")
+                           f"({type(exc).__name__}: {_show(str(exc), 120)}). {expected_text} {REQUIRED_FORMAT}",
+                           hint=f"Your answer could not be read by the scorer. {REQUIRED_FORMAT}")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
+                or not 0.0 <= score <= 1.0:
+            return Outcome(0.0, Verdict.ERROR, f"Error: the task's scorer returned an invalid score {_show(score)}.",
+                           hint=f"Your answer could not be scored. {REQUIRED_FORMAT}")
         score = min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
         if score >= 1.0:
             return Outcome(1.0, Verdict.CORRECT, f"Correct: your answer {_show(answer)} scores 1.",
-                           info={"score": score, "answer": answer})
+                           info={"score": score, "answer": answer}, hint="Your answer was correct.")
         if score > 0.0:
             head = (f"Partly correct (score {score:.2f} of 1): your answer {_show(answer)} is not fully right "
                     f"(the task gives partial credit for near misses).")
         else:
             head = f"Incorrect (score 0): your answer {_show(answer)} is wrong."
+        verdict_hint = (f"Your answer was partly correct (score {score:.2f} of 1)." if score > 0.0
+                        else "Your answer was incorrect.")
         return Outcome(score, Verdict.INCORRECT, f"{head} {expected_text} {REQUIRED_FORMAT}",
-                       info={"score": score, "answer": answer})
+                       info={"score": score, "answer": answer}, hint=f"{verdict_hint} {REQUIRED_FORMAT}")
+
+    def _score(self, answer: str, entry: dict[str, Any]) -> float:
+        """The task's score for ``answer``: in the isolated worker for evaluating scorers, else in-process."""
+        if not self.isolated:
+            return float(self.dataset.score_answer(answer, entry))
+        return judging.isolated_call("fst_env.judging:call_method", self.dataset, "score_answer", answer, entry,
+                                     deadline_s=self.step_deadline_s, pickled=True)
 
 
 def _curated_card(task: str, area: str, summary: str) -> EnvCard:
@@ -409,7 +568,7 @@ def _curated_card(task: str, area: str, summary: str) -> EnvCard:
         knobs[name] = f"reasoning-gym config field (hard preset: {PRESETS[task]['hard'].get(name, 'default')})"
     return EnvCard(
         summary=summary,
-        feedback_kinds=("correct", "incorrect", "format_error"),
+        feedback_kinds=("correct", "incorrect", "format_error", "timeout", "error"),
         difficulty_knobs=knobs,
         splits=dict(SPLIT_SIZES),
         data_source=f"reasoning-gym procedural generator '{task}' ({area}), generated on the fly",

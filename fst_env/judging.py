@@ -174,10 +174,13 @@ def _server() -> _Server:
 
 
 def _discard(server: _Server) -> None:
+    """Kill a failed server and start its replacement at once, so it warms up before the next call."""
     global _SERVER
     server.kill()
     if _SERVER is server:
         _SERVER = None
+        with contextlib.suppress(OSError):
+            _SERVER = _Server()
 
 
 def warm() -> tuple[str, ...]:
@@ -260,6 +263,11 @@ def isolated_call(target: str, *args: Any, deadline_s: float = 5.0, pickled: boo
     return reply["value"]
 
 
+def call_method(obj: Any, name: str, *args: Any) -> Any:
+    """``obj.name(*args)``: a target for ``isolated_call(..., pickled=True)`` that scores with a pickled object."""
+    return getattr(obj, name)(*args)
+
+
 # ============================================================================================== worker side
 def _serve(trainer_pid: int) -> None:
     """The server's main: preload, isolate, then one forked child per request read from stdin."""
@@ -276,6 +284,8 @@ def _serve(trainer_pid: int) -> None:
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
+    with contextlib.suppress(Exception):
+        _warm_sympy()
     sys.path[:] = [p for p in sys.path if p]
     isolation, notes, pidns = _isolate()
     replies.write(json.dumps({"ready": True, "isolation": isolation, "notes": notes}).encode() + b"\n")
@@ -289,6 +299,18 @@ def _serve(trainer_pid: int) -> None:
         reply["id"] = call_id
         replies.write(json.dumps(reply).encode() + b"\n")
     os._exit(0)
+
+
+def _warm_sympy() -> None:
+    """Exercise sympy's parser and simplifier once, so each forked child finds their lazy set-up done."""
+    import sympy
+    from sympy.parsing.sympy_parser import parse_expr
+
+    x = sympy.Symbol("x")
+    expr = parse_expr("3*x**2 + exp(x)*sin(x) + 1/2", local_dict={"x": x})
+    sympy.simplify(sympy.diff(expr, x) - expr)
+    sympy.expand(parse_expr("(x + 1)*(x - 2)"))
+    float(parse_expr("(1 + 2)*3/4"))
 
 
 def _libc() -> Any:
