@@ -14,14 +14,19 @@ return values, which are still compared against expectations it never sees.
 Code is taken from the last ```python block (else the last plain ``` block, else the whole response). A
 response without the required function is a ``format_error`` naming the signature; a syntax error, an
 exception or a crash is ``error``; a test that does not finish is ``timeout``; wrong values are
-``incorrect``. Feedback names the first failing test with its call, expected and actual values (or the
-exception and its line). Reward: 1 only when every test passes (``reward_mode="all"``, default) or the
+``incorrect``. Feedback names the first failing test. For an example shown in the prompt it gives the call,
+the expected and the actual values (or the exception and its line); for a hidden test it never gives the
+expected value, the input or what the code returned on it (a function that echoes its argument would leak
+the input): only which hidden test, the kind of failure (wrong value, the exception's type, timeout) and
+how many hidden tests passed. Every outcome has a ``hint`` (what a policy may see later) with no expected
+value and no hidden input. Reward: 1 only when every test passes (``reward_mode="all"``, default) or the
 fraction passed (``reward_mode="fraction"``); feedback always reports the count.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import random
 import re
@@ -293,6 +298,14 @@ class CodeGenEnv(TextEnv):
                                per_test_s=float(per_test_s or self.config.per_test_timeout_s))
 
     def judge(self, problem: Problem, response: str) -> Outcome:
+        outcome = self._judge(problem, response)
+        if outcome.hint is None:
+            # Only the outcomes decided before any test ran (format, parse and load errors) come without a hint;
+            # their feedback is about the response alone, so it is the hint. Test outcomes set their own.
+            outcome = dataclasses.replace(outcome, hint=outcome.feedback)
+        return outcome
+
+    def _judge(self, problem: Problem, response: str) -> Outcome:
         meta = problem.metadata
         signature = meta["signature"]
         if not response.strip():
@@ -345,55 +358,76 @@ class CodeGenEnv(TextEnv):
             i = record.get("i")
             if isinstance(i, int) and 0 <= i < total and i not in outcomes:
                 outcomes[i] = record
-        passed = sum(1 for i, r in outcomes.items() if "value" in r and r["value"] == expected[i])
-        info.update(tests_passed=passed)
+        good = {i for i, r in outcomes.items() if "value" in r and r["value"] == expected[i]}
+        passed = len(good)
+        shown = min(self.config.n_examples, total)  # tests[:shown] are the examples written in the prompt
+        hidden_passed = len([i for i in good if i >= shown])
+        info.update(tests_passed=passed, hidden_passed=hidden_passed, hidden_total=total - shown)
         finished = any(r.get("done") for r in records)
         if passed == total and finished:
-            return Outcome(1.0, Verdict.CORRECT, f"Correct: all {total} tests passed.", info=info)
+            message = f"Correct: all {total} tests passed."
+            return Outcome(1.0, Verdict.CORRECT, message, info=info, hint=message)
         reward = passed / total if self.config.reward_mode == "fraction" else 0.0
-        tally = f"{passed}/{total} tests passed."
+        tally = (f"{passed}/{total} tests passed ({len(good) - hidden_passed}/{shown} examples, "
+                 f"{hidden_passed}/{total - shown} hidden).")
         for i in range(total):
-            call = _call_text(name, tests[i])
+            visible = i < shown
+            call = _call_text(name, tests[i]) if visible else f"hidden test {i - shown + 1} of {total - shown}"
+            label = f"test {i + 1}, {call}," if visible else f"{call},"
             record = outcomes.get(i)
             if record is None:
                 return self._unfinished(result, call, i, tally, reward, info)
             if record.get("timeout"):
-                return Outcome(reward, Verdict.TIMEOUT, f"Timeout: test {i + 1}, {call}, did not finish within "
-                                                        f"{self.config.per_test_timeout_s:g} s. {tally}", info=info)
+                message = (f"Timeout: {label} did not finish within {self.config.per_test_timeout_s:g} s. {tally}")
+                return Outcome(reward, Verdict.TIMEOUT, message, info=info, hint=message)
             if "error" in record:
                 line = f" at line {record['line']} of your code" if record.get("line") else ""
-                return Outcome(reward, Verdict.ERROR, f"Error: test {i + 1}, {call}, raised {record['error']}{line}; "
-                                                      f"expected {_short_repr(decode_value(expected[i]))}. {tally}",
-                               info=info)
+                if not visible:
+                    # The exception's type only: its message may quote the hidden input.
+                    kind = str(record["error"]).split(":", 1)[0][:80]
+                    message = f"Error: {label} raised {kind}{line}. {tally}"
+                    return Outcome(reward, Verdict.ERROR, message, info=info, hint=message)
+                want = _short_repr(decode_value(expected[i]))
+                hint = f"Error: {label} raised {record['error']}{line}. {tally}"
+                return Outcome(reward, Verdict.ERROR, f"Error: {label} raised {record['error']}{line}; expected "
+                                                      f"{want}. {tally}", info=info, hint=hint)
             if record.get("value") != expected[i]:
+                if not visible:
+                    message = f"Incorrect: {label} returned a wrong value. {tally}"
+                    return Outcome(reward, Verdict.INCORRECT, message, info=info, hint=message)
                 got, want = decode_value(record.get("value")), decode_value(expected[i])
                 kinds = ""
                 if type(got) is not type(want):
                     kinds = f" ({_a(type(got).__name__)}, but {_a(type(want).__name__)} is expected)"
-                return Outcome(reward, Verdict.INCORRECT, f"Incorrect: test {i + 1}, {call}, returned "
+                hint = f"Incorrect: {label} returned {_short_repr(got)}{kinds}, not the value the prompt gives. {tally}"
+                return Outcome(reward, Verdict.INCORRECT, f"Incorrect: {label} returned "
                                                           f"{_short_repr(got)}{kinds}; expected {_short_repr(want)}. "
-                                                          f"{tally}", info=info)
+                                                          f"{tally}", info=info, hint=hint)
         return self._unfinished(result, f"{name}(...)", total, tally, reward, info)
 
     def _unfinished(self, result: SandboxResult, call: str, index: int, tally: str, reward: float,
                     info: dict[str, Any]) -> Outcome:
-        """The run stopped before reporting test ``index``: say why, from the sandbox's status."""
+        """The run stopped before reporting test ``index``: say why, from the sandbox's status (no hidden input)."""
         where = f"during test {index + 1}, {call}" if index < info["tests_total"] else "after the last test"
+        if call.startswith("hidden test"):
+            where = f"during {call}"
         if result.status == "timeout":
-            return Outcome(reward, Verdict.TIMEOUT, f"Timeout: the tests did not finish within "
-                                                    f"{self.config.timeout_s:g} s (stuck {where}). {tally}", info=info)
+            message = f"Timeout: the tests did not finish within {self.config.timeout_s:g} s (stuck {where}). {tally}"
+            return Outcome(reward, Verdict.TIMEOUT, message, info=info, hint=message)
         if result.status == "memory":
-            return Outcome(reward, Verdict.ERROR, f"Error: your code ran out of memory {where} (limit "
-                                                  f"{self.config.memory_mb} MB). {tally}", info=info)
+            message = f"Error: your code ran out of memory {where} (limit {self.config.memory_mb} MB). {tally}"
+            return Outcome(reward, Verdict.ERROR, message, info=info, hint=message)
         if result.status == "output_limit":
-            return Outcome(reward, Verdict.ERROR, f"Error: your code printed too much output {where}. {tally}",
-                           info=info)
+            message = f"Error: your code printed too much output {where}. {tally}"
+            return Outcome(reward, Verdict.ERROR, message, info=info, hint=message)
         if result.status == "sandbox_error":
             return Outcome(0.0, Verdict.ERROR, f"Error: the sandbox could not run the tests ({result.error}).",
-                           info=info)
-        detail = result.error or f"exit code {result.returncode}"
-        return Outcome(reward, Verdict.ERROR, f"Error: the program stopped {where} before reporting a result "
-                                              f"({result.status}: {detail}). {tally}", info=info)
+                           info=info, hint="Error: the sandbox could not run the tests (not a fault of your code).")
+        # The sandbox's one-line error is the program's last stderr line, which could quote a hidden input.
+        detail = result.error if index < min(self.config.n_examples, info["tests_total"]) else ""
+        detail = detail or f"exit code {result.returncode}"
+        message = f"Error: the program stopped {where} before reporting a result ({result.status}: {detail}). {tally}"
+        return Outcome(reward, Verdict.ERROR, message, info=info, hint=message)
 
 
 def _records(stdout: str, marker: str) -> list[dict[str, Any]]:

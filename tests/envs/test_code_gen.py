@@ -109,6 +109,49 @@ def test_wrong_values_name_the_first_failing_test():
     assert "'nope'" in info["feedback"] and "tests passed" in info["feedback"]
 
 
+def _examples_only(meta: dict, n_examples: int, otherwise: str) -> str:
+    """A solution that answers the prompt's examples from a table and does ``otherwise`` on hidden tests."""
+    table = {repr(tuple(args)): decode_value(meta["expected"][i]) for i, args in enumerate(meta["tests"][:n_examples])}
+    return f"_SEEN = {table!r}\ndef {meta['name']}(*args):\n    if repr(args) in _SEEN:\n" \
+           f"        return _SEEN[repr(args)]\n    {otherwise}\n"
+
+
+@pytest.mark.parametrize(("otherwise", "verdict", "kind"), [
+    ("return args", "incorrect", "wrong value"),
+    ("raise ValueError('leak ' + repr(args))", "error", "raised ValueError"),
+    ("while True: pass", "timeout", "did not finish"),
+])
+def test_hidden_tests_never_reveal_expected_value_or_input(otherwise, verdict, kind):
+    for seed in range(3):
+        env = _env_at(seed, timeout_s=4, per_test_timeout_s=0.3)
+        meta = env.unwrapped.problem.metadata
+        shown = env.unwrapped.config.n_examples
+        _, reward, _, _, info = env.step(_wrap(_examples_only(meta, shown, otherwise)))
+        hidden = len(meta["tests"]) - shown
+        assert (reward, info["verdict"]) == (0.0, verdict), info["feedback"]
+        assert f"hidden test 1 of {hidden}" in info["feedback"] and kind in info["feedback"]
+        assert f"{shown}/{shown} examples, 0/{hidden} hidden" in info["feedback"]
+        assert info["hint"] == info["feedback"]
+        for i in range(shown, len(meta["tests"])):
+            secrets = [repr(decode_value(meta["expected"][i])), repr(tuple(meta["tests"][i]))]
+            secrets += [repr(a) for a in meta["tests"][i]]
+            for secret in secrets:
+                if len(secret) >= 4:
+                    assert secret not in info["feedback"], (secret, info["feedback"])
+        assert "leak" not in info["feedback"]
+
+
+def test_visible_example_failures_show_the_example_but_the_hint_omits_the_expected_value():
+    env = _env_at(2)
+    meta = env.unwrapped.problem.metadata
+    info = env.step(_wrap(f"def {meta['name']}(*args):\n    return 'nope'"))[4]
+    want = repr(decode_value(meta["expected"][0]))
+    assert want[:40] in info["feedback"]
+    assert "'nope'" in info["hint"] and "test 1" in info["hint"]
+    if len(want) >= 4:
+        assert want not in info["hint"]
+
+
 def test_type_mismatch_is_spelled_out():
     env = _env_at(0, families=("list_transform",))
     meta = env.unwrapped.problem.metadata
