@@ -34,7 +34,7 @@ import difflib
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fst_env import judging
@@ -48,7 +48,7 @@ from fst_env.core import (
     Verdict,
     timeout_outcome,
 )
-from fst_env.splits import ProceduralSplit
+from fst_env.splits import ProceduralSplit, _hash64
 
 #: Problem ids per split (problem ``k`` of a split is drawn by ProceduralSplit; sizes are virtual).
 SPLIT_SIZES: dict[str, int] = {"train": 100_000, "validation": 1_000, "test": 1_000}
@@ -282,7 +282,7 @@ CURATED: dict[str, tuple[str, str, str]] = {
 # ----------------------------------------------------------------------------- dataset cache
 _CACHE_LOCK = threading.Lock()
 _DATASETS: dict[tuple[str, str], Any] = {}
-_SPLITS: dict[tuple[str, str, str, int], ProceduralSplit] = {}
+_SPLITS: dict[tuple[str, str, str, int], Sequence[Problem]] = {}
 
 
 def clear_dataset_cache() -> None:
@@ -382,7 +382,34 @@ def get_dataset(task: str, config: Any) -> Any:
     return dataset
 
 
-def _get_split(task: str, config: Any, split: str, seed: int) -> ProceduralSplit:
+class _FiniteSplit(Sequence):
+    """One split of a problem space too small for :class:`ProceduralSplit`'s hash-disjoint splits.
+
+    Every distinct prompt is listed once, ordered by a stable hash, and dealt out round-robin (1 in 10 to
+    validation, 1 in 10 to test, the rest to train), so the splits stay disjoint and ``len`` is honest.
+    """
+
+    def __init__(self, problems: list[Problem], split: str) -> None:
+        ordered = sorted(problems, key=lambda p: _hash64("finite", p.prompt))
+        slot = {"validation": 0, "test": 1}.get(split)
+        self.split = split
+        self._problems = [p for i, p in enumerate(ordered)
+                          if (i % 10 == slot if slot is not None else i % 10 >= 2)]
+
+    def __len__(self) -> int:
+        return len(self._problems)
+
+    def __getitem__(self, problem_id: int) -> Problem:  # type: ignore[override]
+        return self._problems[problem_id]
+
+
+#: Probes per curated task for a tiny problem space, and how many distinct prompts make a space "tiny".
+_SPACE_PROBES = 64
+_TINY_SPACE = 40
+_ENUMERATE_LIMIT = 4000
+
+
+def _get_split(task: str, config: Any, split: str, seed: int) -> Sequence[Problem]:
     key = (task, repr(config), split, seed)
     with _CACHE_LOCK:
         found = _SPLITS.get(key)
@@ -392,14 +419,35 @@ def _get_split(task: str, config: Any, split: str, seed: int) -> ProceduralSplit
     pool = int(getattr(config, "size", 0) or len(dataset))
 
     def generate(index: int) -> Problem:
-        try:
-            entry = dataset[index]
-        except IndexError:  # a finite precomputed pool: wrap around it, deterministically
-            entry = dataset[index % pool]
+        for retry in range(16):
+            # rg's maze generator raises RuntimeError when its random grid has no passage cell at all (small
+            # grids at easy); such an item does not exist, so take the next index of a fixed sequence instead.
+            item = index if retry == 0 else _hash64("retry", index, retry) % (1 << 31)
+            try:
+                try:
+                    entry = dataset[item]
+                except IndexError:  # a finite precomputed pool: wrap around it, deterministically
+                    entry = dataset[item % pool]
+                break
+            except RuntimeError:
+                if retry == 15:
+                    raise
         return Problem(prompt=str(entry["question"]) + ANSWER_INSTRUCTION, answer=entry["answer"],
-                       metadata={"entry": entry, "task": task, "index": index})
+                       metadata={"entry": entry, "task": task, "index": item})
 
-    made = ProceduralSplit(generate, seed=seed, split=split, size=SPLIT_SIZES[split])
+    made: Sequence[Problem] = ProceduralSplit(generate, seed=seed, split=split, size=SPLIT_SIZES[split])
+    if task in PRESETS:  # curated generators are fast: check that the space is big enough for disjoint splits
+        probes = {generate(i).prompt for i in range(_SPACE_PROBES)}
+        if len(probes) < _TINY_SPACE:
+            seen: dict[str, Problem] = {}
+            stale = 0
+            for index in range(_ENUMERATE_LIMIT):
+                problem = generate(index)
+                stale = stale + 1 if problem.prompt in seen else 0
+                seen.setdefault(problem.prompt, problem)
+                if stale >= 500:
+                    break
+            made = _FiniteSplit(list(seen.values()), split)
     with _CACHE_LOCK:
         return _SPLITS.setdefault(key, made)
 
