@@ -338,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:  # a run that cannot be resumed: not a usage error, so its own exit status
         print(f"fst {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # training stopped on a broken task (loop.BrokenTaskError): one line, exit 1
+        loop = sys.modules.get("fst_env.loop")  # only a run that trained can raise it: no torch import here
+        if loop is None or not isinstance(exc, loop.BrokenTaskError):
+            raise
+        print(f"fst {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

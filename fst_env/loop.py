@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from fst_env.agents.fst_agent import FSTAgent
+from fst_env.agents.fst_agent import FSTAgent, _info_at
 from fst_env.checkpoints import (
     CheckpointError,
     find_checkpoint,
@@ -29,10 +30,51 @@ from fst_env.checkpoints import (
 from fst_env.logging import RunLogger, write_text_atomic
 from fst_env.schedule import ConfigError, Schedule, Stage
 
+#: Training stops when more than this fraction of the last ERROR_WINDOW rollouts had verdict ``error``.
+ERROR_STOP_FRACTION = 0.5
+ERROR_WINDOW = 32
 
-def run_update(agent: FSTAgent, envs: gym.vector.VectorEnv, problem_ids: Sequence[int]) -> dict[str, Any]:
+
+class BrokenTaskError(RuntimeError):
+    """Training stopped: the task could not score most rollouts (a broken reward function or judge).
+
+    The message is one line naming the task, the error rate and the last error.
+    """
+
+
+class ErrorWatch:
+    """The verdicts of a task's last ``window`` rollouts; raises :class:`BrokenTaskError` when too many are errors.
+
+    Only ``error`` counts: ``timeout`` can be the model's fault (code that never ends), ``error`` is the task's.
+    """
+
+    def __init__(self, task: str, window: int = ERROR_WINDOW, fraction: float = ERROR_STOP_FRACTION) -> None:
+        self.task = task
+        self.fraction = fraction
+        self.errors: deque[bool] = deque(maxlen=window)
+        self.last_error = ""
+
+    def add(self, infos: Any, n: int) -> None:
+        for i in range(n):
+            info = _info_at(infos, i)
+            failed = str(info.get("verdict", "")) == "error"
+            self.errors.append(failed)
+            if failed:
+                self.last_error = str(info.get("error") or info.get("feedback") or "no detail")
+
+    def check(self) -> None:
+        window = self.errors.maxlen or 0
+        if len(self.errors) < window or sum(self.errors) <= self.fraction * window:
+            return
+        last = " ".join(self.last_error.split())  # one line, whatever the exception text held
+        raise BrokenTaskError(f"training stopped: {self.task}: {sum(self.errors)} of the last {window} rollouts "
+                              f"could not be scored (verdict 'error'); last error: {last[:300]}")
+
+
+def run_update(agent: FSTAgent, envs: gym.vector.VectorEnv, problem_ids: Sequence[int],
+               watch: ErrorWatch | None = None) -> dict[str, Any]:
     """Act on groups (the vector env's G copies of one problem, cycling through ``problem_ids``) until the agent
-    takes an update; returns its metrics."""
+    takes an update; returns its metrics. With ``watch``, stops (:class:`BrokenTaskError`) on a broken task."""
     if len(set(map(int, problem_ids))) < agent.config.groups_per_step:
         raise ConfigError(f"an update needs {agent.config.groups_per_step} distinct problems (groups_per_step) but "
                           f"got {len(set(map(int, problem_ids)))}: the task has too few problems for this setting")
@@ -43,6 +85,9 @@ def run_update(agent: FSTAgent, envs: gym.vector.VectorEnv, problem_ids: Sequenc
         actions = agent.act(obs, infos)
         _, rewards, _, _, infos = envs.step(actions)
         agent.observe(rewards, infos)
+        if watch is not None:
+            watch.add(infos, len(actions))
+            watch.check()
         metrics = agent.update()
         batch += 1
     return metrics
@@ -87,12 +132,20 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
             agent.population.reset_to(dict(agent.config.seed_context))
         envs = gym.make_vec(stage.env_id, num_envs=agent.config.group_size, **stage.env_kwargs)
         num_problems = envs.call("num_problems")[0]
+        watch = ErrorWatch(stage.task)
 
         while position["stage_step"] < stage.steps:
             # Distinct problems for this update, depending only on (seed, step): a resumed run draws the same.
             problem_ids = np.random.default_rng([seed, position["step"]]).choice(
                 num_problems, size=min(num_problems, 4 * agent.config.groups_per_step), replace=False)
-            metrics = run_update(agent, envs, problem_ids)
+            try:
+                metrics = run_update(agent, envs, problem_ids, watch)
+            except BrokenTaskError:
+                envs.close()
+                progress.close()
+                if logger is not None:
+                    logger.close()
+                raise
             position["stage_step"] += 1
             position["step"] += 1
             step = position["step"]
@@ -107,7 +160,9 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
             if on_update is not None:
                 on_update(step, metrics)
             progress.update(1)
-            progress.set_postfix(stage=stage_index, reward=f"{metrics.get('rollout/reward_mean', float('nan')):.2f}")
+            progress.set_postfix(stage=stage_index, reward=f"{metrics.get('rollout/reward_mean', float('nan')):.2f}",
+                                 err=f"{metrics.get('rollout/error_rate', 0.0):.0%}",
+                                 timeout=f"{metrics.get('rollout/timeout_rate', 0.0):.0%}")
             if checkpoints is not None and schedule.checkpoint_every and step % schedule.checkpoint_every == 0 \
                     and position["stage_step"] < stage.steps:
                 _save_checkpoint(agent, position, checkpoints)

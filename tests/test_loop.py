@@ -146,3 +146,53 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert final[6]["slow/loss"] == reference[6]["slow/loss"]
     assert json.loads((killed / "summary.json").read_text())["accuracy_matrix"] == \
         json.loads((straight / "summary.json").read_text())["accuracy_matrix"]
+
+
+# ----------------------------------------------------------------------------- a broken reward function stops the run
+def _register_broken(env_id: str, fail_every: int) -> None:
+    calls = []
+
+    def reward(response: str, problem: dict) -> float:
+        calls.append(1)
+        if len(calls) % fail_every == 0:
+            raise ZeroDivisionError("the grader divided by zero\non a second line")
+        return float(len(response) % 2 == 0)
+
+    fst_env.register_task(env_id, {"train": [{"prompt": f"Say item {i}."} for i in range(12)],
+                                   "validation": [{"prompt": f"Say thing {i}."} for i in range(6)]},
+                          reward_fn=reward, summary="test task")
+
+
+def test_training_stops_on_a_reward_function_that_always_raises(tmp_path):
+    from fst_env.loop import BrokenTaskError
+
+    _register_broken("test/LoopBroken-v0", fail_every=1)
+    with pytest.raises(BrokenTaskError) as caught:
+        train(agent(fast_every=100), "test/LoopBroken-v0", steps=50, run_dir=tmp_path, quiet=True)
+    message = str(caught.value)
+    assert "\n" not in message and "test/LoopBroken-v0" in message and "32 of the last 32" in message
+    assert "ZeroDivisionError: the grader divided by zero on a second line" in message
+
+
+def test_occasional_errors_are_logged_not_fatal(tmp_path):
+    _register_broken("test/LoopFlaky-v0", fail_every=4)  # 25% errors: below the stop threshold
+    seen = []
+    summary = train(agent(fast_every=100), "test/LoopFlaky-v0", steps=3, run_dir=tmp_path, quiet=True,
+                    on_update=lambda step, metrics: seen.append(metrics))
+    assert summary["steps"] == 3
+    rates = [m["rollout/error_rate"] for m in seen]
+    assert all(0.0 < r < 0.5 for r in rates) and all(m["rollout/timeout_rate"] == 0.0 for m in seen)
+    assert "rollout/error_rate" in (tmp_path / "scalars.csv").read_text().splitlines()[0]
+
+
+def test_cli_prints_a_broken_task_as_one_line_and_exits_1(monkeypatch, capsys):
+    from fst_env import cli
+    from fst_env.loop import BrokenTaskError
+
+    def broken(args, *rest):
+        raise BrokenTaskError("training stopped: test/X-v0: 32 of the last 32 rollouts could not be scored")
+
+    monkeypatch.setattr(cli, "cmd_train", broken)
+    assert cli.main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "test/X-v0" in err and "Traceback" not in err
