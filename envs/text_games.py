@@ -770,18 +770,29 @@ class ScriptedDescriber:
 
 
 class ScriptedGuesser:
-    """A guesser bot: guesses the first candidate consistent with every feature the clues state.
+    """A guesser bot that guesses only on evidence: the first unguessed candidate consistent with every clue.
 
-    It reads clues with :func:`parse_features` (the phrasings of :data:`CLUE_TEMPLATES` and close variants),
-    skips words already guessed and falls back to the first unguessed candidate when no candidate fits.
+    It reads clues with :func:`parse_features` (the phrasings of :data:`CLUE_TEMPLATES` and close variants).
+    It guesses only when the features rule out at least one candidate and at least one unguessed candidate
+    fits them all; otherwise it replies with no word (no guess this round). So a clue that carries no
+    information (empty, garbage, off-topic, or true of every candidate) never wins: its win rate is 0, not
+    the ``max_rounds / num_candidates`` that guessing the candidates in turn would give for free. A clue that
+    contradicts itself or the secret leaves no fitting candidate and gets no guess either.
     """
+
+    #: The reply when the clues do not single out anything: no word, so the game records no guess.
+    NO_GUESS = ""
 
     def __call__(self, observation: str) -> str:
         _, candidates, clues, guesses = _word_state(observation)
         known = [f for clue in clues for f in parse_features(clue)]
-        fresh = [w for w in candidates if w not in guesses] or candidates
-        fitting = [w for w in fresh if all(feature_holds(w, f) for f in known)]
-        return (fitting or fresh)[0]
+        if not known:
+            return self.NO_GUESS
+        fits = [w for w in candidates if all(feature_holds(w, f) for f in known)]
+        fitting = [w for w in fits if w not in guesses]
+        if len(fits) == len(candidates) or not fitting:
+            return self.NO_GUESS  # the clues rule nothing out (or everything): guessing would be luck
+        return fitting[0]
 
 
 def _pairs(text: str | None) -> dict[str, int]:
@@ -867,7 +878,10 @@ def word_guess_env(split: str = "train", *, describer: str = "terse", render_mod
 
 def word_describe_env(split: str = "train", *, render_mode: str | None = None,
                       max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, **config: Any) -> SingleSeat:
-    """fst/WordDescribe-v0: the learner is the describer; a :class:`ScriptedGuesser` reads its clues."""
+    """fst/WordDescribe-v0: the learner is the describer; a :class:`ScriptedGuesser` reads its clues.
+
+    The guesser guesses only on evidence, so a clue without information wins with rate 0 (see the card).
+    """
     game = WordGuessGame(split=split, max_response_chars=max_response_chars, **config)
     return SingleSeat(game, "describer", {"guesser": ScriptedGuesser()}, render_mode=render_mode)
 
@@ -908,7 +922,9 @@ register_env(
             data_source="procedural: word lists written for fst-env, drawn per seed",
             licence="Apache-2.0 (fst-env)", turns="multi",
             notes="The scripted guesser understands letter features: length, first/last letter, letters it "
-                  "contains or lacks, number of vowels."))
+                  "contains or lacks, number of vowels. It guesses only when the clues rule out some candidates, "
+                  "so a clue without information (empty, garbage, off-topic, true of every candidate) wins with "
+                  "rate 0, never by luck over the candidates."))
 
 register_env(
     "fst/Bargain-v0", "fst_env.envs.text_games:bargain_env",
