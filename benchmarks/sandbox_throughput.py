@@ -1,4 +1,4 @@
-"""Sandbox executions per second for CodeGen grading, serial vs parallel (target: >= 50/s on 2 cores).
+"""Sandbox executions per second for CodeGen grading, serial vs parallel (target: >= 67/s on 2 cores).
 
 Each execution is exactly what ``fst/CodeGen-v0`` runs per response: the test harness around a solution (here
 the reference solution, so every run must pass all its tests, which is checked), with the marker and test
@@ -21,7 +21,7 @@ import time
 from fst_env.envs.code_gen import CodeGenEnv, _records
 from fst_env.sandbox import run_many, run_python, sandbox_isolation
 
-TARGET_PER_S = 50.0
+TARGET_PER_S = 67.0
 
 
 def _cpu_busy() -> tuple[int, int]:
