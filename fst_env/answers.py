@@ -99,7 +99,9 @@ def extract_answer(text: str) -> Extraction:
         return Extraction(clean_answer(content), "boxed")
     lines = _ANSWER_LINE.findall(text)
     for candidate in reversed(lines):
-        cleaned = clean_answer(clean_answer(candidate).strip("*"))  # bold marks left over on either side
+        cleaned = clean_answer(candidate)
+        if cleaned.startswith("*") or cleaned.endswith("*"):  # bold marks left over on one side
+            cleaned = clean_answer(cleaned.strip("*"))
         if cleaned:
             return Extraction(cleaned, "answer_line")
     numbers = _NUMBER.findall(text)
