@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +177,7 @@ class RewardTaskEnv(TextEnv):
                              "like {'train': [...], 'validation': [...]} to register held-out splits")
         self.clipped_count = 0  # rewards clipped into the declared range by this env
         self._worker = _RewardWorker()
+        weakref.finalize(self, self._worker.close)  # an env dropped without close() ends its idle thread too
 
     def num_problems(self) -> int:
         return len(self.task.splits[self.split])

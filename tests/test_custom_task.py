@@ -431,3 +431,27 @@ def test_default_hint_never_names_the_answer_and_hint_fn_is_used() -> None:
                                    hint_fn=lambda r, p, reward: f"{len(r)} letters is not it")
     _, _, _, _, info = _step(env_id, "pear", problem_id=1)
     assert info["hint"] == "4 letters is not it"
+
+
+def test_reward_threads_do_not_pile_up_across_envs() -> None:
+    import gc
+    import threading
+    import time
+
+    def alive() -> int:
+        return sum(t.name == "fst-reward-fn" for t in threading.enumerate())
+
+    env_id = fst_env.register_task("test/Threads-v0", _problems(), _exact)
+    before = alive()
+    for i in range(20):
+        env = gym.make(env_id)
+        env.reset()
+        env.step("apple")
+        if i % 2:
+            env.close()
+        del env
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while alive() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert alive() <= before
