@@ -9,7 +9,7 @@ import gymnasium as gym
 from gymnasium.error import ResetNeeded
 from pettingzoo import AECEnv
 
-from fst_env.core import VERDICTS, Verdict
+from fst_env.core import VERDICTS, Verdict, default_hint
 from fst_env.multiagent import Policy
 
 
@@ -164,6 +164,11 @@ class SingleSeat(gym.Env[str, str]):
         if not str(info.get("feedback", "")).strip():
             info["feedback"] = (f"The game gave no feedback; seat {self.seat!r} earned reward {reward:g} "
                                 f"{'and the game is over' if done else 'since its previous move'}.")
+        if not str(info.get("hint", "")).strip():
+            # Mid-game feedback is already part of the seat's next observation, so it is the hint; the final
+            # feedback may name what was hidden (the secret word, the other side's values): the end gets the
+            # verdict's generic hint.
+            info["hint"] = default_hint(info["verdict"]) if done else info["feedback"]
         return info
 
     def _name(self) -> str:

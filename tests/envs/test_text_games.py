@@ -607,3 +607,19 @@ def test_guesser_views_never_state_the_secret_before_the_end():
             assert "secret word was" not in obs and "Secret word:" not in obs
             obs, _, term, trunc, _ = env.step("zzzz")
             done = term or trunc
+
+
+def test_seat_envs_give_a_hint_that_never_names_the_secret_at_the_end():
+    env = gym.make("fst/WordGuess-v0", describer="weak")
+    for seed in range(10):
+        env.reset(seed=seed)
+        secret = env.unwrapped.game.secret
+        done = False
+        while not done:
+            obs, _, term, trunc, info = env.step("zzzz")
+            done = term or trunc
+            assert info["hint"].strip()
+            if done:
+                assert secret in info["feedback"] and secret not in info["hint"]
+            else:
+                assert info["hint"] == info["feedback"] and info["feedback"] in obs
