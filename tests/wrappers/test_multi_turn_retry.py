@@ -263,24 +263,26 @@ def _copies(observation: str, template: str | None, limit: int = 80) -> list[str
     return texts if len(texts) <= limit else [*texts[: limit // 2], *texts[-limit // 2:]]
 
 
-def _single_turn_ids() -> list[str]:
+def _single_turn_ids() -> list[tuple[str, dict]]:
     ids = []
     for env_id in fst_env.registered_ids("fst"):
         env = gym.make(env_id)
         env.reset(seed=0)
         if env.step("I do not know.")[2]:
-            ids.append(env_id)
+            ids.append((env_id, {}))
         env.close()
+    if ("fst/CodeIO-v0", {}) in ids:
+        ids.append(("fst/CodeIO-v0", {"mode": "input"}))  # its other mode: the feedback names a working input
     return ids
 
 
-@pytest.mark.parametrize("env_id", _single_turn_ids())
-def test_a_retry_cannot_be_won_by_copying_the_retry_observation(env_id: str) -> None:
+@pytest.mark.parametrize("env_id, kwargs", _single_turn_ids(), ids=lambda v: str(v or ""))
+def test_a_retry_cannot_be_won_by_copying_the_retry_observation(env_id: str, kwargs: dict) -> None:
     """Copying text from the retry observation wins no problem that copying from the first prompt (or from the
     retry's fixed frame) does not win: the retry adds no answer; and the hint never holds the expected answer.
     First answers: constants, and a well-formatted wrong answer (which makes most feedback name the answer)."""
-    judge = gym.make(env_id)
-    retry = MultiTurnRetry(gym.make(env_id), max_attempts=2)
+    judge = gym.make(env_id, **kwargs)
+    retry = MultiTurnRetry(gym.make(env_id, **kwargs), max_attempts=2)
 
     def correct(problem_id: int, action: str) -> bool:
         judge.reset(options={"problem_id": problem_id})
