@@ -106,9 +106,12 @@ def test_extraction_of_63kb_hostile_text_is_fast(text: str) -> None:
     import time
 
     extract_answer(text[:100])  # warm the regexes
-    start = time.perf_counter()
-    extract_answer(text)
-    assert time.perf_counter() - start < 0.05, len(text)
+    times = []
+    for _ in range(3):  # the best of 3: this machine is shared, a single timing can include a stall
+        start = time.perf_counter()
+        extract_answer(text)
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.05, (len(text), times)
 
 
 def test_nested_and_repeated_boxed_pick_the_last_closed_non_empty_one() -> None:

@@ -140,7 +140,27 @@ def test_hostile_63kb_responses_are_judged_fast_and_without_crash():
 
     env = gym.make("fst/MathReasoning-v0")
     for text in ("\\boxed{" * 9000, "answer: " + " " * 63000 + "x", "\\boxed{}" * 8000):
-        env.reset(seed=0)
-        start = time.perf_counter()
-        _, reward, terminated, _, info = env.step(text)
-        assert time.perf_counter() - start < 0.05 and reward == 0.0 and terminated and info["verdict"] != "correct"
+        times = []
+        for _ in range(3):  # the best of 3: this machine is shared, a single timing can include a stall
+            env.reset(seed=0)
+            start = time.perf_counter()
+            _, reward, terminated, _, info = env.step(text)
+            times.append(time.perf_counter() - start)
+            assert reward == 0.0 and terminated and info["verdict"] != "correct"
+        assert min(times) < 0.05, (text[:20], times)
+
+
+def test_hints_name_the_policys_answer_and_format_never_the_expected_answer():
+    for family in ("basic_arithmetic", "fraction_simplification"):
+        env = gym.make("fst/MathReasoning-v0", families=(family,))
+        for problem_id in range(5):
+            env.reset(options={"problem_id": problem_id})
+            expected = env.unwrapped.oracle_response().removeprefix("\\boxed{").removesuffix("}")
+            for action, words in ((r"\boxed{-987654321}", "-987654321"), ("no idea", "No final answer"),
+                                  ("", "empty"), (r"\boxed{6/4}", "6/4")):
+                env.reset(options={"problem_id": problem_id})
+                _, _, _, _, info = env.step(action)
+                if info["verdict"] == "correct":
+                    continue
+                assert words in info["hint"] and info["hint"] != info["feedback"], (action, info["hint"])
+                assert len(expected) <= 2 or expected not in info["hint"], (expected, info["hint"])
