@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fst_env.checkpoints import CheckpointError, find_checkpoint
-from fst_env.config import DEFAULT_ENV, MODES, RunConfig, load_config
+from fst_env.config import DEFAULT_ENV, DEFAULT_PRESET, MODES, PRESETS, RunConfig, load_config
 from fst_env.schedule import ConfigError, resolve_env_id
 
 EXAMPLES = {
@@ -65,47 +66,96 @@ def _parse_env(spec: str) -> tuple[str, dict[str, Any]]:
     return env_id, kwargs
 
 
+def _preset_default(field: str, section: str = "agent") -> str:
+    """What ``--help`` says a flag defaults to: the default preset's value, else the owner of the default."""
+    value = PRESETS[DEFAULT_PRESET][section].get(field)
+    if value is not None:
+        return f"default {value}, from preset {DEFAULT_PRESET!r}"
+    owner = "FSTConfig" if section == "agent" else "Schedule"
+    return f"default: {owner}.{field}"
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TOML/YAML/JSON run config (flags override it)")
+    parser.add_argument("--preset", choices=tuple(PRESETS),
+                        help=f"named defaults under the config (default {DEFAULT_PRESET!r}; 'paper': FSTConfig's "
+                             "own values)")
     parser.add_argument("--model", help="embedded (default), tiny (random test model), a directory or a model id")
-    parser.add_argument("--env", action="append", metavar="ID[:k=v,...]",
-                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV}:difficulty=easy)")
+    parser.add_argument("--env", action="append", metavar="[MODULE:]ID[:k=v,...]",
+                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV}:difficulty=easy); "
+                             "MODULE is imported first (an env registered in your own file)")
     parser.add_argument("--steps", type=int, help="updates per stage (default 6)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
-    parser.add_argument("--group-size", type=int, help="rollouts per problem, G (default 4)")
-    parser.add_argument("--groups-per-step", type=int, help="problems per slow step (default 2)")
-    parser.add_argument("--fast-every", type=int, help="a fast round every T updates (default 3)")
-    parser.add_argument("--population-size", type=int, help="contexts kept, K (default 4)")
-    parser.add_argument("--fast-learner", choices=("notes", "reflective"),
-                        help="notes: LLM-free, from env feedback (default); reflective: a reflection LM rewrites "
-                             "the context")
+    parser.add_argument("--group-size", type=int, help=f"rollouts per problem, G ({_preset_default('group_size')})")
+    parser.add_argument("--groups-per-step", type=int,
+                        help=f"problems per slow step ({_preset_default('groups_per_step')})")
+    parser.add_argument("--fast-every", type=int,
+                        help=f"a fast round every T updates ({_preset_default('fast_every')})")
+    parser.add_argument("--population-size", type=int,
+                        help=f"contexts kept, K ({_preset_default('population_size')})")
+    parser.add_argument("--fast-learner", choices=("notes", "reflective", "demonstrations"),
+                        help="notes: LLM-free, from env feedback; demonstrations: the policy's own correct "
+                             "rollouts as worked examples; reflective: a reflection LM rewrites the context "
+                             f"({_preset_default('fast_learner')})")
     parser.add_argument("--reflection-model", help="reflection LM: an http(s) OpenAI-compatible base URL, a model "
                                                    "dir/id; default: the policy's base model")
     parser.add_argument("--reflection-api-model", help="model name at --reflection-model's endpoint")
-    parser.add_argument("--max-new-tokens", type=int, help="completion length cap (default 160)")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help=f"completion length cap ({_preset_default('max_new_tokens')})")
+    parser.add_argument("--temperature", type=float, help=f"sampling temperature ({_preset_default('temperature')})")
+    parser.add_argument("--lr", type=float, help=f"slow learner's learning rate ({_preset_default('lr')})")
     parser.add_argument("--eval-every", type=int, help="evaluate every N updates (0: stage ends only)")
-    parser.add_argument("--eval-problems", type=int, help="held-out problems per task and evaluation (default 16)")
+    parser.add_argument("--eval-problems", type=int,
+                        help="held-out problems per task and evaluation "
+                             f"({_preset_default('eval_problems', 'schedule')})")
+    parser.add_argument("--eval-k", type=int,
+                        help=f"samples per held-out problem, mean@k ({_preset_default('eval_k', 'schedule')})")
     parser.add_argument("--checkpoint-every", type=int, help="checkpoint every N updates (default: stage ends)")
     parser.add_argument("--reset-population", action="store_true", help="reset the contexts at each stage start")
+    _add_set_option(parser)
 
 
-# The CLI's own defaults: small enough that the README's main job finishes in minutes on a laptop CPU.
-CLI_AGENT_DEFAULTS = {"group_size": 4, "groups_per_step": 2, "fast_every": 3, "fast_learner": "notes",
-                      "max_new_tokens": 160, "fast_problems": 4, "fast_budget": 32, "proposals_per_round": 2}
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="any config field, e.g. agent.tau=2 or schedule.kl_prompts=0 (value read as JSON when "
+                             "it can be); repeatable, applied last")
+
+
+def apply_overrides(config: RunConfig, settings: list[str]) -> RunConfig:
+    """Apply ``--set section.field=value`` strings to ``config`` (sections: agent, schedule, run)."""
+    for item in settings:
+        path, sep, text = item.partition("=")
+        section, dot, name = path.strip().partition(".")
+        if not sep or not dot or not name or section not in ("agent", "schedule", "run"):
+            raise ConfigError(f"--set {item}: expected SECTION.FIELD=VALUE with SECTION agent, schedule or run, "
+                              "e.g. --set agent.tau=2")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if section == "run":
+            if name not in {f.name for f in dataclasses.fields(RunConfig)} - {"agent", "schedule", "stages"}:
+                raise ConfigError(f"--set run.{name}: unknown field; allowed: model, mode, preset, seed, "
+                                  "reflection_model, reflection_api_model")
+            setattr(config, name, value)
+        else:
+            getattr(config, section)[name] = value
+    return config
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
-    config = load_config(args.config) if args.config else RunConfig(agent=dict(CLI_AGENT_DEFAULTS))
-    for name in ("model", "seed", "reflection_model", "reflection_api_model"):
+    """The run config that a config file (if any), then the flags, then ``--set`` describe."""
+    config = load_config(args.config) if args.config else RunConfig()
+    for name in ("model", "preset", "seed", "reflection_model", "reflection_api_model"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
     if getattr(args, "mode", None):
         config.mode = args.mode
     for flag in ("group_size", "groups_per_step", "fast_every", "population_size", "fast_learner",
-                 "max_new_tokens"):
+                 "max_new_tokens", "temperature", "lr"):
         if getattr(args, flag, None) is not None:
             config.agent[flag] = getattr(args, flag)
-    for flag in ("eval_every", "eval_problems", "checkpoint_every"):
+    for flag in ("eval_every", "eval_problems", "eval_k", "checkpoint_every"):
         if getattr(args, flag, None) is not None:
             config.schedule[flag] = getattr(args, flag)
     if args.env:
@@ -117,7 +167,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if args.reset_population:
         for stage in config.stages:
             stage["reset_population"] = True
-    return config.validate()
+    return apply_overrides(config, args.set).validate()
 
 
 def build_agent(config: RunConfig) -> Any:
@@ -196,6 +246,13 @@ def _saved_config(path: Path) -> RunConfig:
     return RunConfig.from_dict(data).validate()
 
 
+def _eval_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``fst eval``'s --temperature and --set applied to the run's (or a fresh) config, validated."""
+    if args.temperature is not None:
+        config.agent["temperature"] = args.temperature
+    return apply_overrides(config, args.set).validate()
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir)
@@ -203,14 +260,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         checkpoint = find_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"--run-dir: {run_dir} has no checkpoint yet")
-        agent = build_agent(config)
+        agent = build_agent(_eval_overrides(config, args))
         agent.load(checkpoint / "agent")
         tasks = [(s["env_id"], s.get("env_kwargs", {})) for s in config.stages]
     else:
-        config = RunConfig(model=args.model or "embedded", agent=dict(CLI_AGENT_DEFAULTS), mode="rl")
+        config = RunConfig(model=args.model or "embedded", mode="rl")
         config.stages = [{"env_id": e, "steps": 1, "env_kwargs": k} for e, k in map(_parse_env,
                                                                                   args.env or [DEFAULT_ENV])]
-        agent = build_agent(config.validate())
+        agent = build_agent(_eval_overrides(config, args))
         tasks = [(s["env_id"], s["env_kwargs"]) for s in config.stages]
     if args.env and args.run_dir:
         tasks = list(map(_parse_env, args.env))
@@ -311,6 +368,8 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--k", type=int, default=1, help="samples per problem for mean@k (default 1)")
     evaluate.add_argument("--context", default="best", choices=("best", "seed", "none"),
                           help="which context: the population's best, the seed, or none (default best)")
+    evaluate.add_argument("--temperature", type=float, help="sampling temperature (default: the run's)")
+    _add_set_option(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     compare = sub.add_parser("compare", help="FST vs RL-only vs fast-only on the same schedule and seeds",

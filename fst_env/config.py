@@ -39,6 +39,20 @@ from fst_env.schedule import ConfigError, Schedule, Stage
 MODES = ("fst", "rl", "prompt")
 DEFAULT_ENV = "fst/MathReasoning-v0"
 
+#: Named presets: the few agent and schedule values a setting changes on top of FSTConfig's and Schedule's own
+#: defaults (they own every default; a preset only names differences). A run config's own ``agent`` / ``schedule``
+#: tables, then command-line flags, override the preset. ``cpu``: sized so the README's main job takes minutes on a
+#: 2-core CPU. ``paper``: FSTConfig's values unchanged (the paper's appendix where it states them: T=6, K=4, tau=4).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "agent": {"group_size": 4, "groups_per_step": 2, "fast_every": 3, "fast_learner": "notes",
+                  "max_new_tokens": 160, "fast_problems": 4, "fast_budget": 32, "proposals_per_round": 2},
+        "schedule": {},
+    },
+    "paper": {"agent": {}, "schedule": {}},
+}
+DEFAULT_PRESET = "cpu"
+
 
 def _agent_config_type() -> Any:
     from fst_env.agents.fst_agent import FSTConfig
@@ -52,6 +66,7 @@ class RunConfig:
 
     model: str = "embedded"
     mode: str = "fst"
+    preset: str = DEFAULT_PRESET
     seed: int = 0
     reflection_model: str | None = None
     reflection_api_model: str | None = None
@@ -62,6 +77,8 @@ class RunConfig:
         {"env_id": DEFAULT_ENV, "steps": 6, "env_kwargs": {"difficulty": "easy"}}])
 
     def validate(self) -> RunConfig:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset: must be one of {', '.join(PRESETS)}; got {self.preset!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode: must be one of {', '.join(MODES)}; got {self.mode!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -94,7 +111,8 @@ class RunConfig:
             if key in self.agent and self.agent[key] is not on:
                 raise ConfigError(f"agent.{key}: set by mode ({self.mode!r} means {key} = {str(on).lower()}), "
                                   f"got {self.agent[key]!r}; choose the mode instead (fst, rl, prompt)")
-        values = {**self.agent, "seed": self.agent.get("seed", self.seed), **channels}
+        agent = {**PRESETS[self.preset]["agent"], **self.agent}
+        values = {**agent, "seed": agent.get("seed", self.seed), **channels}
         try:
             return config_type(**values).validate()
         except ValueError as exc:
@@ -128,7 +146,7 @@ class RunConfig:
                 raise ConfigError(f"stages[{i}].reset_population: must be true or false, "
                                   f"got {stage['reset_population']!r}")
             stages.append(Stage(**stage))
-        return Schedule(stages, **self.schedule).validate()
+        return Schedule(stages, **{**PRESETS[self.preset]["schedule"], **self.schedule}).validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
