@@ -122,6 +122,11 @@ def answer_filter_error(task: str, answer: str, entry: Mapping[str, Any]) -> str
     Only tasks whose scorer evaluates the text are filtered; the rules admit every well-formed real answer.
     """
     kind = scorer_class(task)
+    if task == "composite":  # a composite entry is scored by the sub-task it came from: apply that task's rule
+        source = (entry.get("metadata") or {}).get("source_dataset")
+        if isinstance(source, str) and source != "composite" and source in SCORER_CLASSES:
+            return answer_filter_error(source, answer, entry)
+        return None
     if kind == "eval":
         if not _EVAL_SAFE.fullmatch(answer):
             return ("holds characters that answers to this task never contain (only letters, digits, spaces, "
