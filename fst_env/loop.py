@@ -124,6 +124,7 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
     progress = _progress(schedule.total_steps, position["step"], quiet)
 
     if position["baseline"] is None:  # the initial model on every task: forward-transfer reference
+        _phase(progress, f"baseline evaluation ({_eval_size(schedule)})")
         position["baseline"] = evaluate_all(agent, schedule)
     for stage_index in range(position["stage"], len(schedule.stages)):
         stage = schedule.stages[stage_index]
@@ -138,6 +139,9 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
             # Distinct problems for this update, depending only on (seed, step): a resumed run draws the same.
             problem_ids = np.random.default_rng([seed, position["step"]]).choice(
                 num_problems, size=min(num_problems, 4 * agent.config.groups_per_step), replace=False)
+            fast_due = agent.fast is not None and (agent.counters["update"] + 1) % agent.config.fast_every == 0
+            _phase(progress, f"update {position['step'] + 1}/{schedule.total_steps}: rollouts + slow step"
+                             + (" + fast round" if fast_due else ""))
             try:
                 metrics = run_update(agent, envs, problem_ids, watch)
             except BrokenTaskError:
@@ -151,6 +155,7 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
             step = position["step"]
             metrics.update({"schedule/stage": stage_index, "budget/elapsed_s": time.perf_counter() - start_time})
             if schedule.eval_every and step % schedule.eval_every == 0:
+                _phase(progress, f"evaluation after update {step} ({_eval_size(schedule)})")
                 metrics.update(_record_eval(agent, schedule, position, step, stage_index))
             if logger is not None:
                 logger.scalars(step, metrics)
@@ -169,15 +174,18 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
                 logger.flush()
         # End of the stage: its row of the accuracy matrix, then a checkpoint at the next stage's start.
         if not position["stage_ends"] or position["stage_ends"][-1]["stage"] != stage_index:
+            _phase(progress, f"end-of-stage {stage_index} evaluation ({_eval_size(schedule)})")
             row = _record_eval(agent, schedule, position, position["step"], stage_index)
             position["stage_ends"].append(position["evals"][-1])
             if logger is not None:
                 logger.scalars(position["step"], row)
         position.update(stage=stage_index + 1, stage_step=0)
         if checkpoints is not None:
+            _phase(progress, "saving checkpoint")
             _save_checkpoint(agent, position, checkpoints)
             logger.flush()
         envs.close()
+    _phase(progress, "done")
     progress.close()
 
     matrix = [row["accuracy"] for row in position["stage_ends"]]
@@ -270,6 +278,18 @@ def _resume(agent: FSTAgent, run_dir: Path, fresh: dict[str, Any]) -> dict[str, 
         raise CheckpointError(f"{checkpoint} validates but does not load into this agent "
                               f"({type(exc).__name__}: {detail}); was it written with a different config?") from None
     return read_position(checkpoint)
+
+
+def _eval_size(schedule: Schedule) -> str:
+    """How big an evaluation is, for the progress label."""
+    tasks = len(schedule.tasks)
+    return (f"{tasks} task{'s' * (tasks != 1)} x {schedule.eval_problems} held-out problems"
+            + (f" x {schedule.eval_k} samples" if schedule.eval_k > 1 else ""))
+
+
+def _phase(progress: Any, label: str) -> None:
+    """Name what the run is doing now on the progress bar, so a long phase does not look like a hang."""
+    progress.set_description_str(f"fst train: {label}", refresh=True)
 
 
 def _progress(total: int, initial: int, quiet: bool) -> Any:

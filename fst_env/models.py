@@ -13,6 +13,8 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -284,10 +286,16 @@ def _cached_gguf(gguf_path: Path, cache_root: Path) -> Path:
     entry = gguf_cache_entry(gguf_path, cache_root)
     if is_cache_entry(entry):
         return entry
+    # A minute or more of silence would look like a hang: say once what is happening and where it is cached.
+    print(f"fst-env: first load of {gguf_path.name}: converting the GGUF weights to safetensors once "
+          f"(about 1-2 minutes, ~0.5 GB) into {entry}; later loads take about a second "
+          "(set FST_ENV_CACHE to cache elsewhere)", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     plain = unpack_model(model)
     write_cache_entry(plain, tokenizer, entry, source=str(gguf_path))
+    print(f"fst-env: cached in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return entry
 
 
