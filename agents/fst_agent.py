@@ -14,6 +14,7 @@ differ in exactly one thing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -195,7 +196,7 @@ class FSTAgent:
         self.batch: list[Rollout] = []     # observed, waiting for the next slow step
         self.recent: deque[Rollout] = deque(maxlen=4 * c.group_size * c.groups_per_step * c.fast_every)
         self.counters = {"update": 0, "slow_steps": 0, "fast_rounds": 0, "rl_samples": 0, "fast_rollouts": 0,
-                         "reflection_calls": 0, "wall_time_s": 0.0}
+                         "reflection_calls": 0, "skipped_steps": 0, "wall_time_s": 0.0}
 
     # ------------------------------------------------------------------ tasks and prompts
     def set_task(self, env_id: str, **env_kwargs: Any) -> None:
@@ -229,7 +230,10 @@ class FSTAgent:
             self.rng.shuffle(assigned)
             for i, cid in zip(members, assigned, strict=True):
                 context_ids[i] = cid
+        start = time.perf_counter()
         rollouts = self._generate(list(observations), groups, context_ids)
+        # Wall time covers generation too (act), not only the update; evaluation is not training time.
+        self.counters["wall_time_s"] += time.perf_counter() - start
         self.pending = rollouts
         self.counters["rl_samples"] += len(rollouts)
         return [r.completion for r in rollouts]
@@ -266,8 +270,12 @@ class FSTAgent:
                                    "rollout/error_rate": float(np.mean([r.verdict == "error" for r in batch])),
                                    "rollout/timeout_rate": float(np.mean([r.verdict == "timeout" for r in batch]))}
         if self.slow is not None:
-            metrics.update({f"slow/{k}": v for k, v in self.slow.step(batch).items()})
-            self.counters["slow_steps"] += 1
+            slow_metrics = self.slow.step(batch)
+            metrics.update({f"slow/{k}": v for k, v in slow_metrics.items()})
+            # A step with nothing to train on (every group zero-variance) is counted apart from the ones that trained.
+            skipped = bool(slow_metrics.get("skipped", 0))
+            name = "skipped_steps" if skipped else "slow_steps"
+            self.counters[name] = self.counters.get(name, 0) + 1  # .get: a checkpoint from before this counter
             self.backend.update_weights()  # a backend with its own copy of the weights (vLLM) syncs; HF: no-op
         if self.fast is not None and self.counters["update"] % c.fast_every == 0:
             keys = list(dict.fromkeys(r.group for r in reversed(self.recent)))[: c.fast_problems]
@@ -308,28 +316,51 @@ class FSTAgent:
         return rollouts
 
     def evaluate(self, env_id: str | None = None, *, split: str = "validation", problems: int = 16, k: int = 1,
-                 context: Context | None = None, greedy: bool = False, **env_kwargs: Any) -> dict[str, float]:
+                 context: Context | None = None, greedy: bool = False, confidence: float = 0.95,
+                 **env_kwargs: Any) -> dict[str, Any]:
         """mean@k accuracy (and mean reward) of the current weights with ``context`` (default: the best
-        context; pass ``{}`` for none) on the first ``problems`` problems of ``split`` (all, if it has fewer)."""
+        context; pass ``{}`` for none) on the first ``problems`` problems of ``split`` (all, if it has fewer).
+
+        Common random numbers: sample ``j`` of problem ``p`` is generated alone with the seed
+        :func:`eval_seed` ``(config.seed, task, split, p, j)``, never from the agent's RNG, so every arm and
+        every evaluation point sees the same problems with the same sampling seeds, whatever training drew
+        before (a fast round, a different number of slow steps). ``greedy`` (or ``temperature == 0``) decodes
+        greedily: one sample per problem (``k`` is 1 then). Returns ``accuracy`` (mean@k), ``ci_low`` /
+        ``ci_high`` (Wilson interval at ``confidence`` over the ``n`` problems, see
+        :func:`fst_env.metrics.accuracy_with_interval`), ``n`` (= ``problems``), ``k``, ``greedy``,
+        ``reward_mean`` and ``per_problem`` (each problem's mean correctness, in problem order, for
+        :func:`fst_env.metrics.paired_difference` between arms).
+        """
+        from fst_env.metrics import accuracy_with_interval
+
         env_id = env_id or self.env_id
         kwargs = env_kwargs or (self.env_kwargs if env_id == self.env_id else {})
         env = gym.make(env_id, split=split, **kwargs)
         context = self.population.best().context if context is None else context
         problems = min(problems, env.unwrapped.num_problems())  # a small held-out split is used whole
-        observations = [env.reset(options={"problem_id": p})[0] for p in range(problems)]
-        prompts = [self.prompt_for(obs, context) for obs in observations for _ in range(k)]
-        params = self.sampling()
-        if greedy:
-            params.temperature = 0.0
-        generations = self.backend.generate(prompts, params)
+        c = self.config
+        greedy = greedy or c.temperature == 0
+        k = 1 if greedy else k
+        prompts = [self.prompt_for(env.reset(options={"problem_id": p})[0], context) for p in range(problems)]
+        if greedy:  # deterministic: batching cannot change the result, so one call
+            generations = self.backend.generate(prompts, SamplingParams(max_new_tokens=c.max_new_tokens,
+                                                                        temperature=0.0))
+        else:
+            # One call per (problem, sample): a batched call shares one generator across rows (and the rows'
+            # order and early stops depend on the prompts), so only a call of its own fixes a sample's noise.
+            task = _task_name(env_id, kwargs)
+            generations = [self.backend.generate([prompts[p]], SamplingParams(
+                max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                seed=eval_seed(c.seed, task, split, p, j)))[0] for p in range(problems) for j in range(k)]
         rewards, correct = [], []
         for i, gen in enumerate(generations):
             env.reset(options={"problem_id": i // k})
             _, reward, _, _, info = env.step(gen.text)
             rewards.append(float(reward))
-            correct.append(info["verdict"] == "correct")
-        return {"accuracy": float(np.mean(correct)), "reward_mean": float(np.mean(rewards)),
-                "problems": problems, "k": k}
+            correct.append(float(info["verdict"] == "correct"))
+        scored = accuracy_with_interval(np.asarray(correct).reshape(problems, k), confidence)
+        return {**scored, "reward_mean": float(np.mean(rewards)), "problems": problems, "greedy": greedy,
+                "confidence": confidence}
 
     def _problem_env(self, key: str) -> tuple[gym.Env, int]:
         env_id, split, problem_id = key.rsplit("/", 2)
@@ -393,6 +424,20 @@ class PromptAgent(FSTAgent):
 
     def __init__(self, policy: Policy, env_id: str, config: FSTConfig | None = None, **kwargs: Any) -> None:
         super().__init__(policy, env_id, replace(config or FSTConfig(), fast=True, slow=False), **kwargs)
+
+
+def _task_name(env_id: str, env_kwargs: Mapping[str, Any]) -> str:
+    """A stable name for an env made with these kwargs (as the loop's ``Stage.task``)."""
+    if not env_kwargs:
+        return env_id
+    return env_id + "[" + ",".join(f"{k}={v}" for k, v in sorted(env_kwargs.items())) + "]"
+
+
+def eval_seed(seed: int, task: str, split: str, problem_id: int, sample: int) -> int:
+    """The sampling seed of held-out sample ``sample`` of ``problem_id``: a hash of (config seed, task, split,
+    problem, sample), stable across processes (blake2b, not Python's salted ``hash``), in ``[0, 2**31)``."""
+    digest = hashlib.blake2b(f"fst-eval|{seed}|{task}|{split}|{problem_id}|{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**31
 
 
 def _info_at(infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, i: int) -> Mapping[str, Any]:

@@ -212,14 +212,30 @@ def _continual(schedule: Schedule, matrix: list[dict[str, float]], baseline: dic
 
 
 def _record_eval(agent: FSTAgent, schedule: Schedule, position: dict, step: int, stage: int) -> dict[str, float]:
-    accuracy = evaluate_all(agent, schedule)
+    """Evaluate every task (sampled mean@k and greedy, each with a 95% Wilson interval over ``n`` problems),
+    append the row (with per-problem results, for paired comparisons between runs) and return the scalars."""
+    results = {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
+                                         k=schedule.eval_k, **task.env_kwargs) for task in schedule.tasks}
+    greedy = {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
+                                        greedy=True, **task.env_kwargs) for task in schedule.tasks}
+    accuracy = {task: result["accuracy"] for task, result in results.items()}
     row = {"step": step, "stage": stage, "rl_samples": agent.counters["rl_samples"],
-           "fast_rollouts": agent.counters["fast_rollouts"], "accuracy": accuracy}
-    scalars = {f"eval/accuracy/{task}": value for task, value in accuracy.items()}
+           "fast_rollouts": agent.counters["fast_rollouts"], "accuracy": accuracy,
+           "accuracy_greedy": {task: result["accuracy"] for task, result in greedy.items()},
+           "per_problem": {task: result["per_problem"] for task, result in results.items()},
+           "per_problem_greedy": {task: result["per_problem"] for task, result in greedy.items()},
+           "n": {task: result["n"] for task, result in results.items()}, "k": schedule.eval_k}
+    scalars: dict[str, float] = {}
+    for task in results:
+        for suffix, result in (("", results[task]), ("_greedy", greedy[task])):
+            scalars[f"eval/accuracy{suffix}/{task}"] = result["accuracy"]
+            scalars[f"eval/accuracy{suffix}_ci_low/{task}"] = result["ci_low"]
+            scalars[f"eval/accuracy{suffix}_ci_high/{task}"] = result["ci_high"]
+        scalars[f"eval/n/{task}"] = results[task]["n"]
     if schedule.kl_prompts:
         drift = held_out_drift(agent, schedule)
         row.update(kl=drift["kl"], entropy=drift["entropy"])
-        scalars.update({"eval/kl": drift["kl"], "eval/entropy": drift["entropy"]})
+        scalars.update({"eval/kl": drift["kl"], "eval/kl_k3": drift["kl_k3"], "eval/entropy": drift["entropy"]})
     position["evals"].append(row)
     return scalars
 

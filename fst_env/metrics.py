@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from fst_env.context import Context
 
 __all__ = [
-    "ContinualMetrics", "RunningMax", "SigmoidFit", "base_weights", "base_weights_in_place", "continual_metrics",
-    "fit_sigmoid", "mean_at_k", "policy_kl_and_entropy", "running_max", "sample_efficiency_ratio",
-    "samples_to_reach", "score_tokens",
+    "ContinualMetrics", "PairedDifference", "RunningMax", "SigmoidFit", "accuracy_with_interval", "base_weights",
+    "base_weights_in_place", "continual_metrics", "fit_sigmoid", "mean_at_k", "paired_difference",
+    "policy_kl_and_entropy", "running_max", "sample_efficiency_ratio", "samples_to_reach", "score_tokens",
+    "wilson_interval",
 ]
 
 
@@ -44,6 +45,107 @@ def mean_at_k(values: Sequence[Sequence[float]] | np.ndarray) -> float:
     if not np.isfinite(array).all():
         raise ValueError("mean_at_k: values must be finite (every sample scored)")
     return float(array.mean(axis=1).mean())
+
+
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion ``successes / n`` (Wilson 1927), as ``(low, high)``.
+
+    ``successes`` may be fractional (a sum of per-problem mean@k scores, see :func:`accuracy_with_interval`);
+    it must lie in ``[0, n]`` and ``n`` must be > 0. Unlike the normal ("Wald") interval it stays inside
+    [0, 1] and is not degenerate at 0/n or n/n: for 0/10 at 95% it is (0, 0.2775).
+    """
+    from scipy.stats import norm
+
+    if not (n > 0 and math.isfinite(n)):
+        raise ValueError(f"wilson_interval: n must be a finite number > 0, got {n}")
+    if not (0 <= successes <= n):
+        raise ValueError(f"wilson_interval: successes must be in [0, n={n}], got {successes}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"wilson_interval: confidence must be in (0, 1), got {confidence}")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # Clamp float rounding at the ends (0/n must give exactly 0 as its lower bound).
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_with_interval(correct: Sequence[Sequence[float]] | np.ndarray,
+                           confidence: float = 0.95) -> dict[str, Any]:
+    """mean@k accuracy of a ``problems x k`` 0/1 array, with a Wilson interval over the ``n`` problems.
+
+    The unit of the interval is the problem, not the sample: the ``k`` samples of one problem are correlated,
+    so treating ``n x k`` samples as independent trials would make the interval too narrow. The interval is
+    Wilson's with ``n`` = number of problems and ``successes`` = the sum of per-problem mean@k (for ``k = 1``
+    the textbook Wilson interval). Returns ``accuracy``, ``ci_low``, ``ci_high``, ``n`` (problems), ``k`` and
+    ``per_problem`` (each problem's mean over its k samples, in problem order, for paired comparisons).
+    """
+    array = np.asarray(correct, dtype=float)
+    accuracy = mean_at_k(array)  # validates shape and finiteness
+    if ((array < 0) | (array > 1)).any():
+        raise ValueError("accuracy_with_interval: entries must be correctness values in [0, 1]")
+    per_problem = array.mean(axis=1)
+    n = int(array.shape[0])
+    low, high = wilson_interval(float(per_problem.sum()), n, confidence)
+    return {"accuracy": accuracy, "ci_low": low, "ci_high": high, "n": n, "k": int(array.shape[1]),
+            "per_problem": [float(v) for v in per_problem]}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of ``a - b`` over the same problems, with a confidence interval (see :func:`paired_difference`)."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+    method: str
+    confidence: float
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """The fields, for logging."""
+        return asdict(self)
+
+
+def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
+                      confidence: float = 0.95, method: str = "t", resamples: int = 10_000,
+                      seed: int = 0) -> PairedDifference:
+    """How much arm ``a`` beats arm ``b`` on the same problems: the mean paired difference and its interval.
+
+    ``a[i]`` and ``b[i]`` are the two arms' scores on problem ``i`` (e.g. ``per_problem`` of
+    :func:`accuracy_with_interval`; evaluated with common random numbers, see :meth:`FSTAgent.evaluate`). Pairing
+    removes the between-problem variance that two separate intervals would both carry. ``method="t"``: Student's
+    t interval on the ``n`` differences (``n - 1`` degrees of freedom; a zero-width interval when all differences
+    are equal); ``method="bootstrap"``: percentile interval of ``resamples`` paired bootstrap means (problems
+    resampled with replacement, rng ``seed``). Needs ``n >= 2`` and finite scores of equal length.
+    """
+    from scipy.stats import t as student_t
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape or x.size < 2:
+        raise ValueError(f"paired_difference: a and b must be 1-D, of equal length >= 2, got {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("paired_difference: scores must be finite")
+    if not 0 < confidence < 1:
+        raise ValueError(f"paired_difference: confidence must be in (0, 1), got {confidence}")
+    d = x - y
+    n = int(d.size)
+    mean = float(d.mean())
+    if method == "t":
+        se = float(d.std(ddof=1)) / math.sqrt(n)
+        half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * se
+        low, high = mean - half, mean + half
+    elif method == "bootstrap":
+        if resamples < 100:
+            raise ValueError(f"paired_difference: resamples must be >= 100, got {resamples}")
+        rng = np.random.default_rng(seed)
+        means = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+        low, high = (float(v) for v in np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2]))
+    else:
+        raise ValueError(f"paired_difference: method must be 't' or 'bootstrap', got {method!r}")
+    return PairedDifference(mean=mean, ci_low=float(low), ci_high=float(high), n=n, method=method,
+                            confidence=confidence)
 
 
 def running_max(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -180,16 +282,21 @@ def policy_kl_and_entropy(agent: FSTAgent, prompts: Sequence[str], *, max_new_to
     no context). The same context is used under both weights, so the KL measures weight drift only: the
     paper's "distance from the base model". ``samples`` completions per prompt are drawn through
     ``agent.backend`` from the current policy at the training temperature (``config.temperature``; 1.0 when
-    it is 0) with no top-p / top-k, so they are exact samples of the policy the log-probs are taken under; the
-    backend must serve the current weights (in-process HF always does). Both log-probs are then recomputed at
-    that temperature on the policy's own module: current weights, then base weights, which are the same module
-    with its LoRA adapter disabled (peft's ``disable_adapter()``), the slow learner's frozen reference for full
-    fine-tuning, or the weights themselves when nothing is trained (PromptAgent: KL exactly 0).
+    it is 0) with no top-p / top-k, so the visited positions are exact samples of the policy; the backend must
+    serve the current weights (in-process HF always does). At every visited position both next-token
+    distributions are recomputed at that temperature on the policy's own module: current weights, then base
+    weights, which are the same module with its LoRA adapter disabled (peft's ``disable_adapter()``), the slow
+    learner's frozen reference for full fine-tuning, or the weights themselves when nothing is trained
+    (PromptAgent: KL exactly 0).
 
-    Returns ``kl`` = mean over sampled tokens of ``log p(y_t) - log q(y_t)`` (unbiased for the per-token KL;
-    can be negative on few samples), ``kl_k3`` = mean of ``exp(log q - log p) - (log q - log p) - 1``
-    (unbiased, never negative, lower variance), ``entropy`` = mean over the same tokens of the exact entropy
-    of p at that position (nats), ``n_tokens``, ``n_sequences`` and ``mean_length`` (tokens per completion).
+    Returns ``kl`` = mean over sampled positions of the *exact* KL over the whole vocabulary,
+    ``sum_v p(v) (log p(v) - log q(v))`` (never negative; a position's float rounding below 0 is clipped to 0),
+    ``kl_k3`` = mean of ``exp(log q - log p) - (log q - log p) - 1`` on the sampled tokens (unbiased, never
+    negative), ``kl_sampled`` = mean of ``log p(y_t) - log q(y_t)`` (the plain Monte-Carlo estimate, which can be
+    negative on few samples: kept for comparison only), ``entropy`` = mean exact entropy of p (nats),
+    ``n_tokens``, ``n_sequences`` and ``mean_length`` (tokens per completion). When the base distribution is
+    only available as log-probs of the sampled tokens (a full fine-tuning learner without a reference module),
+    ``kl`` falls back to ``kl_k3`` and ``kl_exact`` is 0.0 (1.0 when ``kl`` is the exact value).
     """
     import torch
 
@@ -212,7 +319,10 @@ def policy_kl_and_entropy(agent: FSTAgent, prompts: Sequence[str], *, max_new_to
     pad = agent.policy.tokenizer.pad_token_id
     pad = 0 if pad is None else pad
     adapter = _has_adapter(model)
-    sums = {"kl": 0.0, "k3": 0.0, "entropy": 0.0, "tokens": 0.0}
+    # Full fine-tuning: the slow learner keeps the initial weights as a frozen module (for its KL penalty).
+    reference = getattr(agent.slow, "_reference", None) if (agent.slow is not None and not adapter) else None
+    exact = adapter or agent.slow is None or reference is not None
+    sums = {"kl": 0.0, "k3": 0.0, "sampled": 0.0, "entropy": 0.0, "tokens": 0.0}
     was_training = model.training
     model.eval()
     try:
@@ -220,38 +330,78 @@ def policy_kl_and_entropy(agent: FSTAgent, prompts: Sequence[str], *, max_new_to
             chunk = generations[start:start + micro_batch_size]
             batch = TokenBatch.collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk], pad,
                                        agent.policy.device)
-            current, entropy = score_tokens(model, batch, temperature)
+            current = _position_logprobs(model, batch, temperature)
             if adapter:
                 with model.disable_adapter():
-                    base, _ = score_tokens(model, batch, temperature)
+                    base = _position_logprobs(model, batch, temperature)
+            elif reference is not None:
+                base = _position_logprobs(reference, batch, temperature)
             elif agent.slow is not None:
-                # Full fine-tuning: the slow learner holds the initial weights (a frozen copy it keeps anyway).
+                # No reference module: only the sampled tokens' base log-probs exist, so no exact KL.
                 rollouts = [Rollout(group=f"kl/{start + i}", problem="", context_id=-1, context={},
                                     completion=g.text, prompt_ids=list(g.prompt_ids),
                                     completion_ids=list(g.completion_ids)) for i, g in enumerate(chunk)]
-                base = current.clone()
+                base_tokens = _gather(current, batch.targets).clone()
                 for row, values in enumerate(agent.slow.reference_logprobs(rollouts)):
-                    base[row, :len(values)] = torch.tensor(values, dtype=base.dtype)
+                    base_tokens[row, :len(values)] = torch.tensor(values, dtype=base_tokens.dtype)
+                _accumulate(sums, current, None, base_tokens, batch)
+                continue
             else:
                 base = current  # nothing trained: the current weights are the base weights
-            _accumulate(sums, current, base, entropy, batch.mask)
+            _accumulate(sums, current, base, _gather(base, batch.targets), batch)
     finally:
         model.train(was_training)
     tokens = sums["tokens"]
-    return {"kl": sums["kl"] / tokens, "kl_k3": sums["k3"] / tokens, "entropy": sums["entropy"] / tokens,
-            "n_tokens": tokens, "n_sequences": float(len(generations)), "mean_length": tokens / len(generations)}
+    kl = sums["kl"] / tokens if exact else sums["k3"] / tokens
+    return {"kl": kl, "kl_exact": float(exact), "kl_k3": sums["k3"] / tokens, "kl_sampled": sums["sampled"] / tokens,
+            "entropy": sums["entropy"] / tokens, "n_tokens": tokens, "n_sequences": float(len(generations)),
+            "mean_length": tokens / len(generations)}
 
 
-def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tensor, entropy: torch.Tensor,
-                mask: torch.Tensor) -> None:
-    """Add one micro-batch's masked token sums (in float64: many small terms) to ``sums``."""
+def _position_logprobs(model: Any, batch: TokenBatch, temperature: float) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` over the vocabulary at every completion position, [B, C, V] float32.
+
+    The same forward as the slow learner's ``token_logprobs`` (positions counting real tokens only), but the
+    whole distribution is kept, for the exact KL and entropy.
+    """
     import torch
 
-    mask = mask.double()
-    delta = (base.double() - current.double()) * mask
-    sums["kl"] += float((-delta).sum())
+    from fst_env.backends.hf import core_model
+
+    length = batch.targets.shape[1]
+    with torch.no_grad():
+        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
+                                   logits_to_keep=length).logits.float()
+        return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+
+
+def _gather(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return logprobs.gather(-1, targets[..., None]).squeeze(-1)
+
+
+def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tensor | None,
+                base_tokens: torch.Tensor, batch: TokenBatch) -> None:
+    """Add one micro-batch's masked position sums (in float64: many small terms) to ``sums``.
+
+    ``current`` / ``base`` are [B, C, V] log-probs (``base`` None when only ``base_tokens``, the base log-probs
+    of the sampled tokens, are known); the exact KL term is then left out (the caller falls back to k3).
+    """
+    import torch
+
+    mask = batch.mask.double()
+    current_tokens = _gather(current, batch.targets)
+    delta = (base_tokens.double() - current_tokens.double()) * mask
+    sums["sampled"] += float((-delta).sum())
     sums["k3"] += float(((torch.exp(delta) - delta - 1) * mask).sum())
+    probs = current.exp()
+    # 0 * log 0 = 0: a token with probability exactly 0 (log-prob -inf) contributes nothing.
+    entropy = -torch.where(probs > 0, probs * current, 0.0).sum(-1)
     sums["entropy"] += float((entropy.double() * mask).sum())
+    if base is not None:
+        # KL >= 0 exactly; a position whose float sum rounds below zero is clipped rather than let it go negative.
+        per_position = torch.where(probs > 0, probs * (current - base), 0.0).sum(-1).clamp(min=0.0)
+        sums["kl"] += float((per_position.double() * mask).sum())
     sums["tokens"] += float(mask.sum())
 
 

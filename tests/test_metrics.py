@@ -15,14 +15,17 @@ from fst_env.agents.fst_agent import FSTConfig, PromptAgent, RLAgent
 from fst_env.agents.slow import TokenBatch
 from fst_env.metrics import (
     RunningMax,
+    accuracy_with_interval,
     continual_metrics,
     fit_sigmoid,
     mean_at_k,
+    paired_difference,
     policy_kl_and_entropy,
     running_max,
     sample_efficiency_ratio,
     samples_to_reach,
     score_tokens,
+    wilson_interval,
 )
 from fst_env.models import tiny_policy
 
@@ -306,3 +309,56 @@ def test_policy_kl_and_entropy_bad_input():
 def test_importing_metrics_does_not_import_torch():
     code = "import sys, fst_env.metrics; assert 'torch' not in sys.modules and 'scipy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------ intervals
+def test_wilson_interval_matches_known_values():
+    # Reference values (z = 1.959964): 0/10 -> (0, 0.2775), 5/10 -> (0.2366, 0.7634), 10/10 -> (0.7225, 1).
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert wilson_interval(10, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
+    low, high = wilson_interval(1, 1)
+    assert 0 < low < 1 and high == 1.0
+    for bad in ((11, 10), (-1, 10), (0, 0)):
+        with pytest.raises(ValueError):
+            wilson_interval(*bad)
+
+
+def test_accuracy_with_interval_uses_problems_as_the_unit():
+    correct = [[1, 1], [0, 0], [1, 0], [0, 0]]  # mean@2 = 0.375 over n = 4 problems
+    result = accuracy_with_interval(correct)
+    assert result["accuracy"] == 0.375 and result["n"] == 4 and result["k"] == 2
+    assert result["per_problem"] == [1.0, 0.0, 0.5, 0.0]
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(wilson_interval(1.5, 4))
+    # Eight independent samples would give a narrower interval: problems, not samples, are the unit.
+    wide = result["ci_high"] - result["ci_low"]
+    narrow = np.subtract(*wilson_interval(3, 8)[::-1])
+    assert wide > narrow
+    with pytest.raises(ValueError):
+        accuracy_with_interval([[2.0]])
+
+
+def test_paired_difference_t_and_bootstrap_on_hand_counts():
+    a = [1, 1, 1, 0, 1, 0, 1, 1]
+    b = [0, 1, 0, 0, 1, 0, 0, 1]
+    d = np.subtract(a, b)  # [1, 0, 1, 0, 0, 0, 1, 0]: mean 0.375, sd 0.5175, n 8
+    t = paired_difference(a, b)
+    half = 2.364624 * d.std(ddof=1) / math.sqrt(8)  # t_{0.975, 7}
+    assert t.mean == 0.375 and t.n == 8
+    assert (t.ci_low, t.ci_high) == pytest.approx((0.375 - half, 0.375 + half), abs=1e-6)
+    boot = paired_difference(a, b, method="bootstrap", seed=1)
+    assert boot.mean == 0.375 and 0.0 <= boot.ci_low < 0.375 < boot.ci_high <= 0.75
+    same = paired_difference([0.5, 1.0, 0.0], [0.5, 1.0, 0.0])
+    assert (same.mean, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [0.0])
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 0.0], [0.0, 1.0], method="z")
+
+
+def test_exact_kl_is_non_negative_and_at_least_its_sampled_noise_floor():
+    agent = RLAgent(tiny_policy(0), ENV_ID, config())
+    perturb(agent.policy.model, "lora_B", 0.05, seed=3)
+    result = policy_kl_and_entropy(agent, PROMPTS, max_new_tokens=4, samples=1)
+    assert result["kl_exact"] == 1.0 and result["kl"] > 0 and result["kl_k3"] > 0
+    assert "kl_sampled" in result  # the old Monte-Carlo estimate, which may be negative, is kept apart

@@ -127,3 +127,29 @@ def test_evaluate_reports_mean_at_k():
     agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))
     result = agent.evaluate(ENV_ID, split="train", problems=3, k=2)
     assert 0.0 <= result["accuracy"] <= 1.0 and result["k"] == 2 and result["problems"] == 3
+
+
+def test_evaluation_uses_common_random_numbers_whatever_the_training_rng_did():
+    plain = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))
+    busy = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))
+    busy.rng.random()
+    busy.sampling()  # training draws from the agent's RNG: evaluation must not depend on it
+    busy.rng.getrandbits(64)
+    first = plain.evaluate(ENV_ID, split="train", problems=4, k=2)
+    second = busy.evaluate(ENV_ID, split="train", problems=4, k=2)
+    assert first == second
+    assert first["n"] == 4 and first["k"] == 2 and len(first["per_problem"]) == 4
+    assert 0.0 <= first["ci_low"] <= first["accuracy"] <= first["ci_high"] <= 1.0
+    # Evaluating again (after the first evaluation) gives the same samples too: nothing is consumed.
+    assert plain.evaluate(ENV_ID, split="train", problems=4, k=2) == first
+    greedy = plain.evaluate(ENV_ID, split="train", problems=4, k=3, greedy=True)
+    assert greedy["k"] == 1 and greedy["greedy"] is True
+
+
+def test_skipped_slow_steps_are_counted_apart():
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))
+    original = agent.slow.step
+    agent.slow.step = lambda batch: {**original(batch), "skipped": 1}
+    run_updates(agent, 1)
+    assert agent.counters["slow_steps"] == 0 and agent.counters["skipped_steps"] == 1
+    assert agent.counters["wall_time_s"] > 0
