@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from fst_env.agents.demonstrations import DemonstrationFastLearner
 from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
@@ -104,8 +105,9 @@ class FSTConfig:
             _check_number("lr", self.lr, "> 0, or unset for the default", lambda v: v > 0)
         if self.loss not in LOSSES:
             raise ValueError(f"FSTConfig.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
-        if self.fast_learner not in ("reflective", "notes"):
-            raise ValueError(f"FSTConfig.fast_learner must be 'reflective' or 'notes', got {self.fast_learner!r}")
+        if self.fast_learner not in ("reflective", "notes", "demonstrations"):
+            raise ValueError(f"FSTConfig.fast_learner must be 'reflective', 'notes' or 'demonstrations', "
+                             f"got {self.fast_learner!r}")
         if self.slow and self.group_size < 2:
             raise ValueError("FSTConfig.group_size must be >= 2 when the slow channel is on (advantages are "
                              "normalised within a group)")
@@ -182,7 +184,13 @@ class FSTAgent:
         self.population = ContextPopulation(dict(c.seed_context), max_size=c.population_size)
         self.fast = None
         if c.fast:
-            if c.fast_learner == "notes":
+            if c.fast_learner == "demonstrations":
+                tokenizer = policy.tokenizer
+                self.fast = DemonstrationFastLearner(
+                    minibatch_size=c.minibatch_size, proposals_per_round=c.proposals_per_round,
+                    budget_metric_calls=c.fast_budget, seed=c.seed,
+                    count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids))
+            elif c.fast_learner == "notes":
                 self.fast = NotesFastLearner(minibatch_size=c.minibatch_size, proposals_per_round=c.proposals_per_round,
                                              budget_metric_calls=c.fast_budget, seed=c.seed)
             else:

@@ -153,3 +153,12 @@ def test_skipped_slow_steps_are_counted_apart():
     run_updates(agent, 1)
     assert agent.counters["slow_steps"] == 0 and agent.counters["skipped_steps"] == 1
     assert agent.counters["wall_time_s"] > 0
+
+
+def test_demonstrations_fast_learner_is_selectable_and_runs():
+    from fst_env.agents.demonstrations import DemonstrationFastLearner
+
+    agent = PromptAgent(tiny_policy(0), ENV_ID, small_config(fast_learner="demonstrations"))
+    assert isinstance(agent.fast, DemonstrationFastLearner)
+    history = run_updates(agent, 2)
+    assert history[1]["fast/demonstration_pool"] >= 1  # random lengths: about half the rollouts are correct
