@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fst_env.agents.demonstrations import DemonstrationFastLearner
-from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner
+from fst_env.agents.fast import EvidenceAcceptance, NotesFastLearner, ReflectiveFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
 from fst_env.agents.rollout import Rollout
@@ -184,21 +184,23 @@ class FSTAgent:
         self.population = ContextPopulation(dict(c.seed_context), max_size=c.population_size)
         self.fast = None
         if c.fast:
+            # A child must win a sign test on 4 samples per minibatch problem, not one lucky sample.
+            evidence: dict[str, Any] = dict(acceptance=EvidenceAcceptance(), minibatch_samples=4)
             if c.fast_learner == "demonstrations":
                 tokenizer = policy.tokenizer
                 self.fast = DemonstrationFastLearner(
                     minibatch_size=c.minibatch_size, proposals_per_round=c.proposals_per_round,
-                    budget_metric_calls=c.fast_budget, seed=c.seed,
+                    budget_metric_calls=c.fast_budget, seed=c.seed, **evidence,
                     count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids))
             elif c.fast_learner == "notes":
                 self.fast = NotesFastLearner(minibatch_size=c.minibatch_size, proposals_per_round=c.proposals_per_round,
-                                             budget_metric_calls=c.fast_budget, seed=c.seed)
+                                             budget_metric_calls=c.fast_budget, seed=c.seed, **evidence)
             else:
                 lm = as_reflection_lm(reflection_lm) if reflection_lm is not None else from_transformers(
                     policy.model, policy.tokenizer, disable_adapter=True)
                 self.fast = ReflectiveFastLearner(lm, minibatch_size=c.minibatch_size,
                                                   proposals_per_round=c.proposals_per_round,
-                                                  budget_metric_calls=c.fast_budget, seed=c.seed)
+                                                  budget_metric_calls=c.fast_budget, seed=c.seed, **evidence)
         self.set_task(env_id, **dict(env_kwargs or {}))
         self.pending: list[Rollout] = []   # acted on, not yet observed
         self.batch: list[Rollout] = []     # observed, waiting for the next slow step

@@ -356,3 +356,58 @@ def test_records_survive_hostile_model_output() -> None:
     prompt = reflector.prompts[0]
     prompt.encode("utf-8")  # no lone surrogates reach the reflection LM
     assert "\x00" not in prompt and "characters elided" in prompt and len(prompt) < 5000
+
+
+# ---------------------------------------------------------------------------------------------- evidence acceptance
+def _coin_trials(acceptance, parent_rate: float, child_rate: float, trials: int = 500, seed: int = 0):
+    import random
+
+    rng = random.Random(seed)
+    accepted = strict = 0
+    for _ in range(trials):
+        parent = [[float(rng.random() < parent_rate) for _ in range(4)] for _ in range(3)]
+        child = [[float(rng.random() < child_rate) for _ in range(4)] for _ in range(3)]
+        accepted += acceptance.accept_samples(parent, child)[0]
+        strict += sum(map(sum, child)) > sum(map(sum, parent))
+    return accepted, strict
+
+
+def test_evidence_acceptance_false_accept_rate_is_rare_on_a_coin_flip():
+    from fst_env.agents.fast import EvidenceAcceptance
+
+    # An identical child scored with independent samples on a coin-flip reward, 3 problems x 4 samples.
+    accepted, strict = _coin_trials(EvidenceAcceptance(), 0.5, 0.5)
+    assert accepted == 6  # 1.2% (docstring figure); the sign test bounds it by alpha = 5%
+    assert accepted / 500 < 0.05
+    assert strict == 203  # gepa's strict improvement of the sum accepts 40.6% of these identical children
+    power, _ = _coin_trials(EvidenceAcceptance(), 0.3, 0.9, seed=1)
+    assert power == 442  # a real gain is still accepted in 88.4% of trials
+
+
+def test_evidence_acceptance_rejects_one_lucky_sample_and_small_minibatches():
+    from fst_env.agents.fast import EvidenceAcceptance
+
+    acceptance = EvidenceAcceptance()
+    ok, reason = acceptance.accept_samples([[0.0], [0.0], [0.0]], [[1.0], [0.0], [0.0]])  # 0 -> 1 by one sample
+    assert not ok and "pairs" in reason
+    ok, reason = acceptance.accept_samples([[0.0] * 4], [[1.0] * 4])
+    assert not ok and "problems" in reason
+    ok, _ = acceptance.accept_samples([[0.0] * 4] * 3, [[1.0] * 4] * 3)
+    assert ok
+    ok, reason = EvidenceAcceptance(margin=0.5).accept_samples([[0.0] * 4] * 3, [[1.0, 1.0, 0.0, 0.0]] * 3)
+    assert not ok and "margin" in reason
+
+
+def test_learner_with_evidence_acceptance_uses_repeated_minibatch_samples():
+    from fst_env.agents.fast import EvidenceAcceptance
+
+    env = KeywordEnv(base=0.0)
+    learner = ReflectiveFastLearner(ScriptedReflector(["Work step by step."]), minibatch_size=3,
+                                    proposals_per_round=1, seed=0, acceptance=EvidenceAcceptance(),
+                                    minibatch_samples=4)
+    population = ContextPopulation(dict(SEED), max_size=3)
+    metrics = learner.round(population, env, [], KEYS)
+    record = metrics["proposals"][0]
+    assert record["accepted"] and "sign test" in record["reason"]
+    # Each minibatch evaluation asked for 4 samples per problem.
+    assert any(len(keys) == 12 and len(set(keys)) == 3 for _, keys in env.calls)
