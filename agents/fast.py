@@ -343,6 +343,9 @@ class _RolloutAdapter:
                     "Feedback": _clean(format_feedback(float(rollout.reward), rollout.verdict, rollout.feedback),
                                        self.max_field_chars),
                 })
+                hint = (rollout.info or {}).get("hint")
+                if isinstance(hint, str) and hint.strip():  # the env's answer-free channel, when it gave one
+                    records[-1]["Hint"] = _clean(hint, self.max_field_chars)
         return {component: [dict(r) for r in records] for component in components_to_update}
 
 
@@ -423,19 +426,46 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-class NotesProposer:
-    """An LLM-free :class:`Proposer`: curates a short bullet list of notes from recurring env feedback.
+_COUNT = re.compile(r"\(\s*\d+\s*x\s*\)|\b\d+\s*(?:x|times)\b", re.IGNORECASE)
+_VERDICT_LEAD = re.compile(r"^\s*(?:incorrect|wrong|error|format error|invalid|failed)\s*[:.!-]\s*", re.IGNORECASE)
+_RECHECK_RULE = "Final answers were often wrong: re-check each step and the final value before answering."
 
-    From the failed rollouts in the reflective records (score below ``perfect_score`` or a failing verdict):
-    - format errors give a note quoting the feedback sentence that states the requirement (e.g.
-      ``Required format (from feedback): "Put the final answer inside <answer></answer> tags."``), once it
-      occurs ``min_count_format`` times;
-    - other feedback sentences are compared with numbers and quoted values masked; one that recurs on
-      ``min_count`` failed rollouts gives a generic note quoting the masked sentence (an "expected X" pattern
-      adds an instruction to re-check the final value).
-    At most ``max_new_notes`` notes are added per proposal (format notes first, then the most frequent); the
-    list keeps ``max_notes`` notes, dropping the oldest. Pure and deterministic: the same records and parent give
-    the same notes. No new note -> no proposal.
+
+def note_meaning(text: str) -> str:
+    """What a note says, for de-duplication: lower case, counts, numbers, quoted values, placeholders and
+    punctuation removed, so "(4x) got '12'" and "(5x) got '7'" are the same lesson."""
+    text = _COUNT.sub(" ", text)
+    text = _mask_specifics(text).replace("<N>", " ").replace("<value>", " ")
+    text = re.sub(r"\ba (?:number|value)\b", " ", text.lower())
+    return " ".join(re.sub(r"[^\w<>/]+", " ", text).split())
+
+
+def _as_rule(sentence: str) -> str:
+    """A feedback sentence as a rule: verdict lead-in dropped, specific values written generically, no quotes."""
+    text = _VERDICT_LEAD.sub("", _mask_specifics(sentence)).strip()
+    text = text.replace("<N>", "a number").replace("<value>", "a value")
+    return text[:1].upper() + text[1:] if text else ""
+
+
+class NotesProposer:
+    """An LLM-free :class:`Proposer`: curates a short bullet list of rules from recurring env feedback.
+
+    From the failed rollouts in the reflective records (score below ``perfect_score`` or a failing verdict), the
+    source text is the record's ``"Hint"`` when it has one (the env's answer-free ``info["hint"]`` channel), else
+    its feedback with every sentence that names the expected answer removed (``expected``, ``correct answer``,
+    ``should be``, ``the answer is``...): a training label never reaches a context. Then:
+    - format errors give a rule stating the requirement sentence (``Format rule: Put the final answer inside
+      <answer></answer> tags.``), once it occurs ``min_count_format`` times;
+    - other sentences are compared with numbers and quoted values masked; one that recurs on ``min_count``
+      failed rollouts gives a rule (``Avoid this recurring mistake: ...``, masked values written as "a number" /
+      "a value", verdict words such as "Incorrect:" dropped), never the quoted error;
+    - answers judged wrong against an expected value on ``min_count`` rollouts give one fixed rule to re-check
+      the final value.
+    Notes carry no counts, and a note is new only if its *meaning* (lower-cased, numbers, quoted values and
+    punctuation removed, see :func:`note_meaning`) differs from every kept note, so the same lesson is not
+    re-proposed. At most ``max_new_notes`` notes are added per proposal (format rules first, then the most
+    frequent); the list keeps ``max_notes`` notes, dropping the oldest. Pure and deterministic. No new note -> no
+    proposal.
     """
 
     def __init__(self, max_notes: int = 6, *, max_new_notes: int = 2, min_count: int = 2,
@@ -464,21 +494,28 @@ class NotesProposer:
         return text if len(text) <= self.max_note_chars else text[: self.max_note_chars - 1].rstrip() + "…"
 
     def derive_notes(self, records: Sequence[Mapping[str, Any]]) -> list[_NoteCandidate]:
-        """Candidate notes from the records' feedback, best first (format notes, then by frequency)."""
-        format_hits: dict[str, list[Any]] = {}  # normalised sentence -> [count, original text, first order]
-        recurring: dict[str, list[Any]] = {}  # masked sentence -> [count, masked text, first order, expected?]
+        """Candidate notes from the records' hints / feedback, best first (format rules, then by frequency)."""
+        format_hits: dict[str, list[Any]] = {}  # meaning -> [count, sentence, first order]
+        recurring: dict[str, list[Any]] = {}  # meaning -> [count, rule text, first order]
+        wrong_answers = 0
         order = 0
         for record in records:
             score, verdict, body = parse_feedback(str(record.get("Feedback", "")))
             if not self._failed(score, verdict):
                 continue
-            sentences = [s.strip() for s in _SENTENCE_SPLIT.split(_clean(body, 4000)) if len(s.strip()) >= 8]
-            seen_in_record: set[str] = set()  # one record counts once per sentence
+            hint = str(record.get("Hint") or "").strip()
+            source = hint or body
+            sentences = [s.strip() for s in _SENTENCE_SPLIT.split(_clean(source, 4000)) if len(s.strip()) >= 8]
+            named_expected = any(_EXPECTED.search(s) for s in sentences)
+            # A sentence naming the expected answer could put a training label into the prompt: never used.
+            sentences = [s for s in sentences if not _EXPECTED.search(s)]
+            wrong_answers += int(named_expected and verdict != "format_error")
+            seen_in_record: set[str] = set()  # one record counts once per lesson
             if verdict == "format_error":
                 required = [s for s in sentences if _REQUIREMENT.search(s)] or sentences[:1]
                 for sentence in required:
-                    key = _norm(sentence)
-                    if key in seen_in_record:
+                    key = note_meaning(sentence)
+                    if not key or key in seen_in_record:
                         continue
                     seen_in_record.add(key)
                     hit = format_hits.setdefault(key, [0, sentence, order])
@@ -486,23 +523,20 @@ class NotesProposer:
                     order += 1
             else:
                 for sentence in sentences:
-                    masked = _mask_specifics(sentence)
-                    key = _norm(masked)
+                    key = note_meaning(sentence)
                     # Sentences that are nothing but masked values carry no reusable lesson.
-                    if key in seen_in_record or len(re.sub(r"<n>|<value>|\W", "", key)) < 6:
+                    if key in seen_in_record or len(key.replace(" ", "")) < 6:
                         continue
                     seen_in_record.add(key)
-                    hit = recurring.setdefault(key, [0, masked, order, bool(_EXPECTED.search(sentence))])
+                    hit = recurring.setdefault(key, [0, _as_rule(sentence), order])
                     hit[0] += 1
                     order += 1
-        notes = [_NoteCandidate(self._shorten(f'Required format (from feedback): "{text}"'), count, "format", first)
+        notes = [_NoteCandidate(self._shorten(f"Format rule: {text}"), count, "format", first)
                  for count, text, first in format_hits.values() if count >= self.min_count_format]
-        for count, masked, first, expected in recurring.values():
-            if count < self.min_count:
-                continue
-            hint = " Re-check each step and the final value before answering." if expected else ""
-            notes.append(_NoteCandidate(self._shorten(f'Recurring feedback ({count}x): "{masked}"{hint}'), count,
-                                        "recurring", first))
+        notes += [_NoteCandidate(self._shorten(f"Avoid this recurring mistake: {rule}"), count, "recurring", first)
+                  for count, rule, first in recurring.values() if count >= self.min_count and rule]
+        if wrong_answers >= self.min_count:
+            notes.append(_NoteCandidate(_RECHECK_RULE, wrong_answers, "recurring", order))
         return sorted(notes, key=lambda n: (n.kind != "format", -n.count, n.order))
 
     @staticmethod
@@ -519,12 +553,12 @@ class NotesProposer:
         for name in components_to_update:
             records = reflective_dataset.get(name) or []
             existing = self.parse_notes(candidate.get(name, ""))
-            known = {_norm(n) for n in existing}
+            known = {note_meaning(n) for n in existing}
             fresh: list[_NoteCandidate] = []
             for note in self.derive_notes(records):
-                if _norm(note.text) not in known and len(fresh) < self.max_new_notes:
+                if note_meaning(note.text) not in known and len(fresh) < self.max_new_notes:
                     fresh.append(note)
-                    known.add(_norm(note.text))
+                    known.add(note_meaning(note.text))
             if not fresh:
                 continue
             kept = (existing + [n.text for n in fresh])[-self.max_notes:]

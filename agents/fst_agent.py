@@ -322,7 +322,7 @@ class FSTAgent:
             _, reward, _, _, info = env.step(gen.text)
             rollouts.append(Rollout(group=key, problem=obs, context_id=-1, context=dict(context),
                                     completion=gen.text, reward=float(reward), feedback=info["feedback"],
-                                    verdict=info["verdict"]))
+                                    verdict=info["verdict"], info={"hint": str(info.get("hint") or "")}))
         return rollouts
 
     def evaluate(self, env_id: str | None = None, *, split: str = "validation", problems: int = 16, k: int = 1,

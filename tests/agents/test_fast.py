@@ -284,7 +284,7 @@ def test_notes_learner_turns_format_errors_into_a_note_that_raises_the_score() -
     assert metrics["n_accepted"] == 1 and metrics["reflection_calls"] == 0
     child = pop.best()
     assert child.context["instructions"] == SEED["instructions"]
-    assert child.context["notes"] == f'- Required format (from feedback): "{FormatEnv.REQUIREMENT}"'
+    assert child.context["notes"] == f"- Format rule: {FormatEnv.REQUIREMENT}"
     assert child.mean_score == 1.0 and pop[pop.ids[0]].mean_score == 0.0
     assert child.changed == ["notes"]
 
@@ -311,9 +311,10 @@ def test_notes_proposer_generic_note_from_recurring_expected_pattern() -> None:
     proposer = NotesProposer(min_count=2)
     notes = proposer.derive_notes(records)
     texts = [n.text for n in notes]
-    assert 'Recurring feedback (3x): "Expected <N>, got <N>." Re-check each step and the final value before ' \
-           'answering.' in texts
-    assert all("17" not in t and "250" not in t for t in texts)  # no problem-specific values leak into notes
+    # The sentence naming the expected value is never quoted; a fixed rule says to re-check instead.
+    assert texts == ["Avoid this recurring mistake: Reward is zero.",
+                     "Final answers were often wrong: re-check each step and the final value before answering."]
+    assert all("17" not in t and "250" not in t and "Expected" not in t for t in texts)
     # A lone occurrence is not "recurring".
     assert NotesProposer(min_count=2).derive_notes(records[:1]) == []
     # Successful rollouts never produce notes.
@@ -326,7 +327,7 @@ def test_notes_proposer_caps_and_deduplicates_notes() -> None:
     records = {"notes": [{"Feedback": format_feedback(0.0, "format_error", "Answer with a single integer.")}]}
     parent = {"instructions": "s", "notes": "- old one\n- old two"}
     new = proposer(parent, records, ["notes"])["notes"]
-    assert new.splitlines() == ["- old two", '- Required format (from feedback): "Answer with a single integer."']
+    assert new.splitlines() == ["- old two", "- Format rule: Answer with a single integer."]
     # The same feedback again adds nothing new: no proposal.
     assert proposer({"instructions": "s", "notes": new}, records, ["notes"]) == {}
     with pytest.raises(ValueError, match="max_notes"):
@@ -411,3 +412,53 @@ def test_learner_with_evidence_acceptance_uses_repeated_minibatch_samples():
     assert record["accepted"] and "sign test" in record["reason"]
     # Each minibatch evaluation asked for 4 samples per problem.
     assert any(len(keys) == 12 and len(set(keys)) == 3 for _, keys in env.calls)
+
+
+def _failed(feedback: str, verdict: str = "incorrect", hint: str | None = None) -> dict:
+    record = {"Inputs": "q", "Generated Outputs": "a", "Feedback": format_feedback(0.0, verdict, feedback)}
+    if hint is not None:
+        record["Hint"] = hint
+    return record
+
+
+def test_notes_never_copy_an_expected_answer_into_the_context() -> None:
+    records = {"notes": [_failed("Answer with Yes or No only. The expected answer is 'Yes'.", "format_error"),
+                         _failed("Reply with one word. Correct answer: 'No'.", "format_error"),
+                         _failed("Incorrect: your answer 12 does not match the expected answer 13.")] * 2}
+    new = NotesProposer(min_count=1)({"notes": ""}, records, ["notes"])["notes"]
+    assert "Format rule: Answer with Yes or No only." in new
+    for leaked in ("'Yes'", "'No'", "expected", "13", "Correct answer"):
+        assert leaked not in new
+
+
+def test_notes_are_rules_without_quoted_errors_or_counts() -> None:
+    records = [_failed(f"Incorrect: the move '{m}' is not on the board.") for m in ("a9", "z3", "k0")]
+    notes = [n.text for n in NotesProposer(min_count=2).derive_notes(records)]
+    assert notes == ["Avoid this recurring mistake: The move a value is not on the board."]
+    assert all("'" not in n and '"' not in n and "<" not in n and "3x" not in n for n in notes)
+
+
+def test_notes_dedupe_by_meaning_across_rounds() -> None:
+    proposer = NotesProposer(min_count=2)
+    first = [_failed(f"Incorrect: the move '{m}' is not on the board.") for m in ("a9", "z3")]
+    parent = {"notes": proposer({"notes": ""}, {"notes": first}, ["notes"])["notes"]}
+    # More occurrences, other values: the same lesson, so no new proposal.
+    again = [_failed(f"Incorrect: the move '{m}' is not on the board.") for m in ("b1", "c2", "d3", "e4")]
+    assert proposer(parent, {"notes": again}, ["notes"]) == {}
+
+
+def test_notes_prefer_the_answer_free_hint_channel() -> None:
+    records = [_failed("Incorrect: expected 42, got 41.", hint="Check the arithmetic of the last step.")] * 2
+    notes = [n.text for n in NotesProposer(min_count=2).derive_notes(records)]
+    assert notes == ["Avoid this recurring mistake: Check the arithmetic of the last step."]
+    # The adapter passes a rollout's info["hint"] on as the record's "Hint".
+    from fst_env.agents.fast import _RolloutAdapter
+
+    adapter = _RolloutAdapter(lambda c, k: [], max_records_per_problem=2, max_field_chars=500)
+    rollout = Rollout("toy/train/0", "q", 0, {}, "41", 0.0, "Incorrect: expected 42.", "incorrect",
+                      info={"hint": "Check the arithmetic."})
+    from gepa.core.adapter import EvaluationBatch
+
+    dataset = adapter.make_reflective_dataset({}, EvaluationBatch(outputs=[["41"]], scores=[0.0],
+                                                                trajectories=[[rollout]]), ["notes"])
+    assert dataset["notes"][0]["Hint"] == "Check the arithmetic."
