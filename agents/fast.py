@@ -358,17 +358,31 @@ class ReflectionProposer:
     Each reply then goes through :func:`parse_reflection_output`: an empty, echoed or degenerate reply proposes
     nothing for that component (the parent is kept, and no rollouts are spent on a child). ``lm_calls`` counts
     the reflection LM calls.
+
+    A deterministic reflection LM (``deterministic``; default: the LM's own ``deterministic`` attribute, which
+    :func:`~fst_env.agents.reflection.from_transformers` sets for greedy decoding) would answer a prompt it has
+    answered before with the same rejected reply, so a rejected reply is remembered per prompt (up to
+    ``cache_size`` prompts) and replayed instead of asking again; ``cache_hits`` counts the calls saved.
     """
 
     def __init__(self, reflection_lm: ReflectionLM, prompt_template: str | dict[str, str] | None = None, *,
-                 min_chars: int = 8, max_chars: int = 20_000) -> None:
+                 min_chars: int = 8, max_chars: int = 20_000, deterministic: bool | None = None,
+                 cache_size: int = 256) -> None:
         self.reflection_lm = as_reflection_lm(reflection_lm)
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.lm_calls = 0
+        self.cache_hits = 0
+        self.deterministic = bool(getattr(reflection_lm, "deterministic", False)) if deterministic is None \
+            else bool(deterministic)
+        self.cache_size = cache_size
+        self._rejected: dict[str, str] = {}  # prompt -> the rejected reply a deterministic LM gave for it
         self._gepa = StatelessReflectionLM(self._call_lm, prompt_template, _GepaLog())
 
     def _call_lm(self, prompt: Any) -> str:
+        if self.deterministic and isinstance(prompt, str) and prompt in self._rejected:
+            self.cache_hits += 1
+            return self._rejected[prompt]
         self.lm_calls += 1
         reply = self.reflection_lm(prompt)
         if not isinstance(reply, str):
@@ -386,6 +400,9 @@ class ReflectionProposer:
                                                    max_chars=self.max_chars)
             if text is None:
                 rejected[name] = reason
+                prompt = proposal.prompts.get(name)
+                if self.deterministic and isinstance(prompt, str) and len(self._rejected) < self.cache_size:
+                    self._rejected[prompt] = raw
             else:
                 new_texts[name] = text
         metadata = {"rejected_replies": rejected} if rejected else {}

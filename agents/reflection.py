@@ -76,7 +76,8 @@ def from_transformers(model: Any, tokenizer: Any, max_new_tokens: int = 512, *, 
     has none). With ``disable_adapter`` and a peft model, generation runs inside ``model.disable_adapter()``, so
     the base model reflects. The model is put in eval mode for the call (no dropout) and its mode restored.
     ``max_prompt_tokens`` keeps the last tokens of an over-long prompt (the instructions to answer are at the end).
-    Greedy by default, so the same prompt gives the same reply.
+    Greedy by default, so the same prompt gives the same reply (the returned callable's ``deterministic``
+    attribute says so; the fast learner then does not re-ask a prompt whose reply it rejected).
     """
     if max_new_tokens < 1:
         raise ValueError(f"from_transformers: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -118,6 +119,8 @@ def from_transformers(model: Any, tokenizer: Any, max_new_tokens: int = 512, *, 
                 model.train()
         return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
 
+    # Greedy decoding answers a prompt the same way every time: the fast learner may skip repeating it.
+    reflect.deterministic = not do_sample  # type: ignore[attr-defined]
     return reflect
 
 

@@ -462,3 +462,47 @@ def test_notes_prefer_the_answer_free_hint_channel() -> None:
     dataset = adapter.make_reflective_dataset({}, EvaluationBatch(outputs=[["41"]], scores=[0.0],
                                                                 trajectories=[[rollout]]), ["notes"])
     assert dataset["notes"][0]["Hint"] == "Check the arithmetic."
+
+
+# ---------------------------------------------------------------------------------------------- reflection cache
+class CountingLM:
+    """A scripted reflection LM that always gives the small model's degenerate reply, counting its calls."""
+
+    def __init__(self, deterministic: bool) -> None:
+        self.deterministic = deterministic
+        self.calls = 0
+
+    def __call__(self, prompt: str) -> str:
+        self.calls += 1
+        return "I'm ready to assist you. " * 6
+
+
+def test_rejected_greedy_reflection_is_not_asked_again() -> None:
+    from fst_env.agents.fast import ReflectionProposer
+
+    records = {"instructions": [{"Inputs": "q", "Generated Outputs": "a",
+                                 "Feedback": format_feedback(0.0, "incorrect", "Wrong.")}]}
+    greedy = CountingLM(deterministic=True)
+    proposer = ReflectionProposer(greedy)
+    for _ in range(3):
+        proposal, _ = proposer.reflect(dict(SEED), records, ["instructions"])
+        assert proposal.new_texts == {} and "instructions" in proposal.metadata["rejected_replies"]
+    assert greedy.calls == 1 and proposer.lm_calls == 1 and proposer.cache_hits == 2
+    # Another prompt (other records) is asked.
+    other = {"instructions": [{"Inputs": "q2", "Generated Outputs": "b", "Feedback": "Score: 0. Wrong again."}]}
+    proposer.reflect(dict(SEED), other, ["instructions"])
+    assert greedy.calls == 2
+    # A sampling LM may answer differently next time: it is asked every time.
+    sampling = CountingLM(deterministic=False)
+    sampled = ReflectionProposer(sampling)
+    for _ in range(3):
+        sampled.reflect(dict(SEED), records, ["instructions"])
+    assert sampling.calls == 3
+
+
+def test_rejected_reflection_cache_saves_calls_within_a_round() -> None:
+    lm = CountingLM(deterministic=True)
+    learner = ReflectiveFastLearner(lm, minibatch_size=1, proposals_per_round=3, max_iterations=3, seed=0)
+    metrics = learner.round(ContextPopulation(SEED), KeywordEnv(base=0.0), [], KEYS[:1])
+    # One parent, one problem, the same records each iteration: the identical greedy prompt is asked once.
+    assert metrics["n_iterations"] == 3 and lm.calls == 1 and metrics["reflection_calls"] == 1

@@ -244,3 +244,10 @@ def test_from_transformers_reflects_with_the_base_model_when_peft() -> None:
     assert without_adapter == plain  # the base model reflected
     assert model.training  # mode restored
     assert isinstance(without_adapter, str) and without_adapter.split()
+
+
+def test_from_transformers_says_whether_its_replies_are_deterministic():
+    from fst_env.agents.reflection import from_transformers as build
+
+    assert build(object(), object()).deterministic is True  # greedy: the fast learner may cache rejections
+    assert build(object(), object(), do_sample=True).deterministic is False
