@@ -729,6 +729,7 @@ class GepaFastLearner:
             perfect_score=self.perfect_score, skip_perfect_score=self.skip_perfect_score,
             experiment_tracker=ExperimentTracker(), reflection_strategy=strategy)
         lm_calls_before = int(getattr(self.proposer, "lm_calls", 0))
+        cache_hits_before = int(getattr(self.proposer, "cache_hits", 0))
 
         records: list[dict[str, Any]] = []
         n_iterations = n_proposals = n_accepted = 0
@@ -769,6 +770,7 @@ class GepaFastLearner:
             "rollouts_reused": adapter.reused,
             "budget_metric_calls": self.budget_metric_calls,
             "reflection_calls": int(getattr(self.proposer, "lm_calls", 0)) - lm_calls_before,
+            "reflection_cache_hits": int(getattr(self.proposer, "cache_hits", 0)) - cache_hits_before,
             "reflection_errors": len(strategy.errors),
             "last_reflection_error": strategy.errors[-1] if strategy.errors else "",
             "stop_reason": stop_reason,

@@ -13,6 +13,7 @@ import torch
 import fst_env
 from fst_env.agents.fst_agent import FSTConfig, PromptAgent, RLAgent
 from fst_env.agents.slow import TokenBatch
+from fst_env.backends.base import SamplingParams
 from fst_env.metrics import (
     RunningMax,
     accuracy_with_interval,
@@ -362,3 +363,21 @@ def test_exact_kl_is_non_negative_and_at_least_its_sampled_noise_floor():
     result = policy_kl_and_entropy(agent, PROMPTS, max_new_tokens=4, samples=1)
     assert result["kl_exact"] == 1.0 and result["kl"] > 0 and result["kl_k3"] > 0
     assert "kl_sampled" in result  # the old Monte-Carlo estimate, which may be negative, is kept apart
+
+
+def test_exact_kl_matches_a_direct_computation_over_the_vocabulary():
+    agent = RLAgent(tiny_policy(0), ENV_ID, config())
+    perturb(agent.policy.model, "lora_B", 0.1, seed=4)
+    result = policy_kl_and_entropy(agent, PROMPTS[:1], max_new_tokens=5, seed=2)
+    generation = agent.backend.generate([agent.prompt_for(PROMPTS[0], agent.population.best().context)],
+                                        SamplingParams(max_new_tokens=5, temperature=1.0, seed=2))[0]
+    ids = torch.tensor([generation.prompt_ids + generation.completion_ids])
+    model = agent.policy.model
+    with torch.no_grad():
+        current = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        with model.disable_adapter():
+            base = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    start, n = len(generation.prompt_ids) - 1, len(generation.completion_ids)
+    p, q = current[start:start + n], base[start:start + n]
+    by_hand = float((p.exp() * (p - q)).sum(-1).mean())
+    assert result["n_tokens"] == n and result["kl"] == pytest.approx(by_hand, rel=1e-3)

@@ -506,3 +506,4 @@ def test_rejected_reflection_cache_saves_calls_within_a_round() -> None:
     metrics = learner.round(ContextPopulation(SEED), KeywordEnv(base=0.0), [], KEYS[:1])
     # One parent, one problem, the same records each iteration: the identical greedy prompt is asked once.
     assert metrics["n_iterations"] == 3 and lm.calls == 1 and metrics["reflection_calls"] == 1
+    assert metrics["reflection_cache_hits"] == 2
