@@ -67,15 +67,23 @@ class QuadrantTable:
         """One scalar per cell and metric, for logging."""
         return {f"quadrant/{w}_weights+{c}_context/{name}": float(value)
                 for (w, c), metrics in self.cells.items() for name, value in metrics.items()
-                if name in ("accuracy", "reward_mean")}
+                if name in ("accuracy", "reward_mean", "ci_low", "ci_high")}
+
+    def paired(self, a: tuple[str, str], b: tuple[str, str], **kwargs: Any) -> dict[str, Any]:
+        """Cell ``a`` minus cell ``b`` over the same problems (:func:`fst_env.metrics.paired_difference` on their
+        per-problem accuracies; evaluation uses common random numbers, so the pairing is sample by sample too)."""
+        from fst_env.metrics import paired_difference
+
+        return paired_difference(self.cells[a]["per_problem"], self.cells[b]["per_problem"], **kwargs).as_dict()
 
     def markdown(self) -> str:
-        """A markdown table: rows are weights, columns contexts; each cell ``accuracy% (reward r)``."""
+        """A markdown table: rows are weights, columns contexts; each cell ``accuracy% [95% Wilson interval over the
+        problems] (reward r)``."""
         lines = [f"{self.env_id} ({self.split}, {self.problems} problems, mean@{self.k})", "",
                  "| weights \\ context | seed context | evolved context |", "|---|---|---|"]
         for w in WEIGHTS:
-            row = [f"{100 * self.cells[(w, c)]['accuracy']:.1f}% (reward {self.cells[(w, c)]['reward_mean']:.3f})"
-                   for c in CONTEXTS]
+            row = [f"{100 * cell['accuracy']:.1f}% [{100 * cell['ci_low']:.0f}-{100 * cell['ci_high']:.0f}] "
+                   f"(reward {cell['reward_mean']:.3f})" for cell in (self.cells[(w, c)] for c in CONTEXTS)]
             lines.append(f"| {w} weights | " + " | ".join(row) + " |")
         return "\n".join(lines)
 

@@ -90,10 +90,12 @@ def test_quadrant_table_has_four_finite_cells_and_base_cells_ignore_the_adapter(
     assert fresh.cells[("base", "seed")] == first.cells[("base", "seed")]
 
     flat = first.flat()
-    assert len(flat) == 8 and flat["quadrant/base_weights+seed_context/accuracy"] == \
+    assert len(flat) == 16 and flat["quadrant/base_weights+seed_context/accuracy"] == \
         first.cells[("base", "seed")]["accuracy"]
     table = first.markdown()
     assert table.count("%") == 4 and "| base weights |" in table and "| trained weights |" in table
+    gain = first.paired(("trained", "evolved"), ("trained", "seed"))
+    assert gain["n"] == 6 and gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
 
 
 def test_quadrant_adapter_is_back_on_after_the_table():
