@@ -6,6 +6,10 @@ Target for fst/MathReasoning-v0: >= 2,000 steps/s on one core. When gem-llm's Ma
 
     python benchmarks/env_throughput.py                       # every registered fst/ id
     python benchmarks/env_throughput.py --ids fst/MathReasoning-v0 --gem-path .bench-deps/gem
+
+It also prints the cost of the step guards: fst/MathReasoning-v0 with the step deadline on vs a same-process
+baseline with the deadline machinery bypassed (``judge`` called directly), and reasoning-gym tasks scored in the
+isolated worker (fst_env.judging) vs in-process (``--rg-tasks``; none to skip).
 """
 
 from __future__ import annotations
@@ -95,12 +99,52 @@ def gem_math_rate(seconds: float, problems: int) -> tuple[float, float] | str:
     return _rate(run_gem, seconds), _rate(run_ours, seconds)
 
 
+def _cycled_rate(env, answers: list[str], seconds: float) -> float:
+    def run(n: int) -> None:
+        for i in range(n):
+            env.reset(seed=i % len(answers))
+            env.step(answers[i % len(answers)])
+
+    run(len(answers))  # generate and cache every problem first: only reset+step is timed
+    return _rate(run, seconds)
+
+
+def _answers(env, problems: int) -> list[str]:
+    answers = []
+    for i in range(problems):
+        env.reset(seed=i)
+        answers.append(env.unwrapped.oracle_response() or WRONG)
+    return answers
+
+
+def guard_ratio(env_id: str, seconds: float, problems: int) -> tuple[float, float]:
+    """(steps/s with the step-deadline guard, steps/s with ``_safe_judge`` bypassed), same env, same answers."""
+    env = gym.make(env_id)
+    answers = _answers(env, problems)
+    guarded = _cycled_rate(env, answers, seconds)
+    base = env.unwrapped
+    base._safe_judge = lambda action: base.judge(base.problem, action)  # no timer, no length check
+    return guarded, _cycled_rate(env, answers, seconds)
+
+
+def rg_isolation_rates(task: str, seconds: float, problems: int) -> tuple[float, float]:
+    """(steps/s scored in the isolated worker, steps/s scored in-process) for one evaluating rg task."""
+    env = gym.make("fst/ReasoningGym-v0", task=task)
+    answers = _answers(env, problems)
+    isolated = _cycled_rate(env, answers, seconds)
+    env.unwrapped.isolated = False
+    return isolated, _cycled_rate(env, answers, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ids", nargs="*", default=None, help="env ids (default: every registered fst/ id)")
     parser.add_argument("--seconds", type=float, default=1.0, help="measuring time per figure")
     parser.add_argument("--problems", type=int, default=200, help="distinct problems cycled through")
     parser.add_argument("--gem-path", default=None, help="a folder holding gem-llm (installed with --target)")
+    parser.add_argument("--rg-tasks", nargs="*",
+                        default=["countdown", "puzzle24", "polynomial_multiplication", "simple_integration"],
+                        help="rg tasks scored in the isolated worker to compare with in-process scoring")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -118,6 +162,14 @@ def main() -> None:
             print(f"{env_id:32} failed: {type(exc).__name__}: {exc}"[:200])
             continue
         print(f"{env_id:32} " + " ".join(f"{c:9,.0f}" if c is not None else f"{'n/a':>9}" for c in cells))
+    if "fst/MathReasoning-v0" in ids:
+        guarded, bare = guard_ratio("fst/MathReasoning-v0", args.seconds, args.problems)
+        print(f"\nfst/MathReasoning-v0 step guards: {guarded:,.0f} steps/s with the deadline guard, {bare:,.0f} "
+              f"steps/s bypassed; guarded/bypassed = {guarded / bare:.2f}")
+    for task in args.rg_tasks:
+        isolated, in_process = rg_isolation_rates(task, args.seconds, min(args.problems, 20))
+        print(f"rg {task:28} isolated worker {isolated:8,.0f} steps/s, in-process {in_process:8,.0f} steps/s, "
+              f"ratio {isolated / in_process:.2f}")
     if "fst/MathReasoning-v0" in ids:
         result = gem_math_rate(args.seconds, args.problems)
         if isinstance(result, str):
