@@ -101,11 +101,12 @@ SCORER_CLASSES: dict[str, str] = {
 EVAL_SCORERS: frozenset[str] = frozenset(t for t, c in SCORER_CLASSES.items() if c == "eval")
 _EVAL_SAFE = re.compile(r"[A-Za-z0-9_\s\[\],'\"-]*")
 _ARITHMETIC_SAFE = re.compile(r"[0-9+\-*/()\s]*")
-_NUMERIC_SAFE = re.compile(r"[0-9.,+\-/\s()\[\]eE=a-zA-Z_]*")
-_SYMBOL_TOKEN = re.compile(r"\s+|\d+(?:\.\d+)?|[A-Za-z_][A-Za-z_0-9]*|\*\*|[-+*/()]")
+_NUMERIC_SAFE = re.compile(r"[0-9.,+\-/\s()\[\]eE=a-zA-Z_°√π]*")
+_SYMBOL_TOKEN = re.compile(r"\s+|\d+(?:\.\d+)?|[A-Za-z_][A-Za-z_0-9]*|\*\*|[-+*/(),]")
 #: Function and constant names an integration answer may use (sympy names that evaluate nothing dangerous).
 _SYMBOLIC_NAMES = frozenset({"C", "E", "pi", "exp", "log", "ln", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc",
-                             "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "Abs"})
+                             "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "Abs",
+                             "Integral"})  # rg stores some unsolved integrals as Integral(f, x) + C
 _MAX_EXPRESSION_CHARS = 1000
 _MAX_DIGITS = 12
 _MAX_NESTING = 12

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import gymnasium as gym
 import pytest
@@ -283,3 +284,87 @@ def test_problems_do_not_depend_on_the_hash_seed():
                               env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout for seed in (1, 2)}
     (digest,) = digests  # one digest for both hash seeds
     assert len(digest.strip()) == 64
+
+
+# ----------------------------------------------------------------------------- guards (H1)
+class _SlowScorer:
+    """A stand-in rg dataset whose scorer outlasts any step deadline (pickled into the judging worker)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def score_answer(self, answer, entry):
+        import time
+
+        time.sleep(self.seconds)
+        return 1.0
+
+
+def test_evaluating_tasks_filter_admits_their_real_answers():
+    from fst_env.envs import reasoning_gym as rg
+
+    for task in sorted(t for t in rg.task_names() if rg.scorer_class(t) != "plain" and t != "composite"):
+        env = gym.make("fst/ReasoningGym-v0", task=task)
+        for seed in range(8):
+            env.reset(seed=seed)
+            problem = env.unwrapped.problem
+            if env.unwrapped.oracle_response() is None:
+                continue
+            assert rg.answer_filter_error(task, str(problem.answer), problem.metadata["entry"]) is None, \
+                (task, problem.answer)
+
+
+@pytest.mark.parametrize("answer", ["__import__('os').system('id')", "9**9**9", "x**(10**9)", "1" * 20,
+                                    "(" * 20 + "1" + ")" * 20, "lambda: 1", "a.__class__"])
+def test_code_and_bombs_are_filtered_for_expression_tasks(answer):
+    from fst_env.envs import reasoning_gym as rg
+
+    for task in ("countdown", "puzzle24", "polynomial_multiplication", "simple_integration",
+                 "intermediate_integration"):
+        entry = {"metadata": {"variables": ["x"], "variable": "x"}}
+        assert rg.answer_filter_error(task, answer, entry) is not None, (task, answer)
+
+
+def test_isolated_scoring_past_the_deadline_is_a_timeout():
+    env = gym.make("fst/ReasoningGym-v0", task="countdown", step_deadline_s=0.5)
+    env.reset(seed=0)
+    env.unwrapped.dataset = _SlowScorer(30)
+    start = time.monotonic()
+    _, reward, _, _, info = env.step("<answer>1 + 2</answer>")
+    assert time.monotonic() - start < 0.5 + 1.5
+    assert (reward, info["verdict"]) == (0.0, "timeout")
+    assert "0.5 s" in info["hint"] and "0.5 s" in info["feedback"]
+
+
+def test_in_process_overrun_is_a_timeout():
+    env = gym.make("fst/ReasoningGym-v0", task="knights_knaves", step_deadline_s=0.2)
+    env.reset(seed=0)
+    assert not env.unwrapped.isolated
+    env.unwrapped.dataset = _SlowScorer(0.4)
+    _, reward, _, _, info = env.step("<answer>anything</answer>")
+    assert (reward, info["verdict"]) == (0.0, "timeout")
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e9, True, "5"])
+def test_step_deadline_is_validated(bad):
+    with pytest.raises(ValueError, match="step_deadline_s"):
+        gym.make("fst/ReasoningGym-v0", task="knights_knaves", step_deadline_s=bad)
+
+
+def test_tower_of_hanoi_easy_has_honest_disjoint_splits():
+    prompts = {}
+    for split in ("train", "validation", "test"):
+        env = gym.make("fst/TowerOfHanoi-v0", split=split, difficulty="easy")
+        n = env.unwrapped.num_problems()
+        assert n >= 1
+        prompts[split] = {env.reset(options={"problem_id": k})[0] for k in range(n)}
+        assert len(prompts[split]) == n
+    assert not (prompts["train"] & prompts["validation"] or prompts["train"] & prompts["test"]
+                or prompts["validation"] & prompts["test"])
+
+
+def test_maze_easy_validation_problems_all_build():
+    env = gym.make("fst/Maze-v0", split="validation", difficulty="easy")
+    for k in range(12):
+        env.reset(options={"problem_id": k})
+        assert env.unwrapped.oracle_response() is not None
