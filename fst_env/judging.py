@@ -19,10 +19,11 @@ past its deadline plus a small margin; nothing the worker sends can run code in 
 
 How it is built:
 
-- **Server.** One per trainer process, started lazily (``python -m fst_env.judging``, own session, killed with
-  the trainer by ``PR_SET_PDEATHSIG``). It imports the heavy modules once (reasoning_gym, sympy, math_verify),
-  then enters isolation (below) and forks **one child per call**: a scorer monkey-patched by an answer dies
-  with its child. The server kills a child that passes its deadline and reports ``timeout``.
+- **Server.** One per trainer process, started lazily (``python -m fst_env.judging``, own session; it exits
+  when its request pipe closes, i.e. with the trainer, and is killed at the trainer's exit). It imports the
+  heavy modules once (reasoning_gym, sympy, math_verify), then enters isolation (below) and forks **one
+  child per call**: a scorer monkey-patched by an answer dies with its child. The server kills a child that
+  passes its deadline and reports ``timeout``.
 - **Isolation** (each layer reported by :func:`isolation`; a layer the kernel refuses is skipped and listed in
   the notes): new mount, network, IPC, UTS and PID namespaces (a user namespace too when not root), taken with
   ``fst_env.sandbox``'s machinery; the whole filesystem is remounted read-only (``mount_setattr``), ``/tmp``,
@@ -271,9 +272,10 @@ def call_method(obj: Any, name: str, *args: Any) -> Any:
 # ============================================================================================== worker side
 def _serve(trainer_pid: int) -> None:
     """The server's main: preload, isolate, then one forked child per request read from stdin."""
-    with contextlib.suppress(Exception):
-        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != trainer_pid:  # the trainer died before PDEATHSIG was armed
+    # Not PR_SET_PDEATHSIG here: it fires when the trainer *thread* that started us exits, which a thread pool
+    # does routinely. The server instead exits on end-of-file on its request pipe, i.e. when the trainer is gone
+    # (at the latest one deadline later, if a call is in flight).
+    if os.getppid() != trainer_pid:  # the trainer died while we started
         os._exit(0)
     requests = os.fdopen(os.dup(0), "rb", buffering=0)
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -349,7 +351,7 @@ def _isolate() -> tuple[list[str], list[str], bool]:
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     isolation += ["netns", "ipcns", "utsns", "pidns", "mountns"]
     with contextlib.suppress(Exception):
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the outer server (and so with the trainer)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the outer server (single-threaded: safe here)
     libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE)
     try:
         libc.readonly_tree("/")

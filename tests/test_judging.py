@@ -217,3 +217,30 @@ def test_deadline_is_validated():
             judging.isolated_call(f"{HERE}:add", 1, 2, deadline_s=bad)
     with pytest.raises(ValueError):
         judging.isolated_call("no-colon", 1)
+
+
+def test_the_server_outlives_the_thread_that_started_it():
+    judging.shutdown()
+    starter = threading.Thread(target=judging.warm)
+    starter.start()
+    starter.join(timeout=120)
+    pid = judging.worker_pid()
+    time.sleep(0.3)
+    assert judging.isolated_call(f"{HERE}:add", 2, 2) == 4
+    assert judging.worker_pid() == pid
+
+
+def test_the_server_exits_when_the_trainer_dies():
+    script = ("import sys, time; from fst_env import judging; judging.warm(); "
+              "print(judging.worker_pid(), flush=True); time.sleep(60)")
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(trainer.stdout.readline())
+        trainer.kill()
+        trainer.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        trainer.kill()
