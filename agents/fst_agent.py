@@ -257,6 +257,8 @@ class FSTAgent:
             rollout.reward = float(rewards[i])
             rollout.feedback = str(info.get("feedback", ""))
             rollout.verdict = str(info.get("verdict", ""))
+            if info.get("hint"):  # the answer-free channel the fast learners prefer over the feedback
+                rollout.info["hint"] = str(info["hint"])
             if info.get("error"):  # why the env could not score it (a broken reward function, a judge crash)
                 rollout.info["error"] = str(info["error"])
         self.batch.extend(self.pending)

@@ -222,15 +222,49 @@ def cmd_train(args: argparse.Namespace, mode_override: str | None = None) -> int
     agent = build_agent(config)
     summary = train(agent, config.build_schedule(), run_dir=run_dir, seed=config.seed, resume=args.resume,
                     quiet=args.quiet)
-    plots = plot_run(run_dir)
-    final = summary["accuracy_matrix"][-1] if summary["accuracy_matrix"] else {}
-    print(f"\nfinished {summary['steps']} updates ({config.mode}); held-out accuracy before -> after:")
-    for task, value in final.items():
-        print(f"  {task}: {summary['baseline'][task]:.3f} -> {value:.3f}")
-    print(f"best context:\n  {json.dumps(summary['best_context'])[:400]}")
-    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    print("plots: " + ", ".join(str(p) for p in plots))
+    plot_run(run_dir)
+    print(final_report(summary, run_dir, config.mode))
     return 0
+
+
+def final_report(summary: dict[str, Any], run_dir: Path, mode: str) -> str:
+    """What a person reads at the end of a run: before/after with intervals, the paired change, wall time,
+    where everything was written, and the best context as text."""
+    wall = float(summary.get("wall_time_s", 0.0))
+    took = f"{wall:.0f} s" if wall < 120 else f"{wall / 60:.1f} min"
+    lines = [f"\nfinished {summary['steps']} updates ({mode}) in {took} of wall time"]
+    before, after = summary.get("baseline_row"), (summary["evals"][-1] if summary["evals"] else None)
+    if before and after:
+        lines.append("held-out accuracy, before -> after (95% intervals; n problems x k samples):")
+        for suffix, label in (("", f"sampled mean@{after.get('k', 1)}"), ("_greedy", "greedy")):
+            for task, value in after[f"accuracy{suffix}"].items():
+                lo0, hi0 = before[f"ci{suffix}"][task]
+                lo1, hi1 = after[f"ci{suffix}"][task]
+                change = _paired_change(before[f"per_problem{suffix}"][task], after[f"per_problem{suffix}"][task])
+                lines.append(f"  {task} [{label}, n={after['n'][task]}]: {before[f'accuracy{suffix}'][task]:.3f} "
+                             f"[{lo0:.3f}, {hi0:.3f}] -> {value:.3f} [{lo1:.3f}, {hi1:.3f}]; {change}")
+    context = summary.get("best_context") or {}
+    lines.append("best context:" + ("" if context else " (empty)"))
+    for name, text in context.items():
+        lines.append(f"  [{name}]")
+        lines.extend(f"    {line}" for line in str(text).splitlines() or ["(empty)"])
+    checkpoint = find_checkpoint(run_dir, report=None)
+    lines += [f"run directory: {run_dir} (summary.json, scalars.csv, config.json)",
+              f"checkpoint: {checkpoint or 'none'}",
+              f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}",
+              "plots: " + ", ".join(str(p) for p in sorted(run_dir.glob('*.png')))]
+    return "\n".join(lines)
+
+
+def _paired_change(before: list[float], after: list[float]) -> str:
+    """The after-minus-before difference over the same problems, with its paired 95% interval."""
+    from fst_env.metrics import paired_difference
+
+    if len(before) != len(after) or len(before) < 2:
+        return "change: too few problems for an interval"
+    diff = paired_difference(after, before)
+    verdict = "excludes 0" if diff.ci_low > 0 or diff.ci_high < 0 else "includes 0"
+    return f"change {diff.mean:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] ({verdict})"
 
 
 def _saved_config(path: Path) -> RunConfig:

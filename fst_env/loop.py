@@ -93,13 +93,6 @@ def run_update(agent: FSTAgent, envs: gym.vector.VectorEnv, problem_ids: Sequenc
     return metrics
 
 
-def evaluate_all(agent: FSTAgent, schedule: Schedule, *, context: dict | None = None) -> dict[str, float]:
-    """Accuracy (mean@k) on the held-out split of every task of the schedule."""
-    return {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
-                                      k=schedule.eval_k, context=context, **task.env_kwargs)["accuracy"]
-            for task in schedule.tasks}
-
-
 def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *, run_dir: str | Path | None = None,
           seed: int = 0, resume: bool = False, quiet: bool = False, tensorboard: bool = True,
           on_update: Callable[[int, dict], None] | None = None, **env_kwargs: Any) -> dict[str, Any]:
@@ -123,9 +116,12 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
     start_time = time.perf_counter()
     progress = _progress(schedule.total_steps, position["step"], quiet)
 
-    if position["baseline"] is None:  # the initial model on every task: forward-transfer reference
+    if position["baseline"] is None:  # the initial model on every task: forward-transfer reference, at step 0
         _phase(progress, f"baseline evaluation ({_eval_size(schedule)})")
-        position["baseline"] = evaluate_all(agent, schedule)
+        row, scalars = evaluation_row(agent, schedule, 0, -1)
+        position.update(baseline=row["accuracy"], baseline_row=row)
+        if logger is not None:
+            logger.scalars(0, scalars)
     for stage_index in range(position["stage"], len(schedule.stages)):
         stage = schedule.stages[stage_index]
         agent.set_task(stage.env_id, **stage.env_kwargs)
@@ -189,10 +185,12 @@ def train(agent: FSTAgent, schedule: Schedule | str, steps: int | None = None, *
     progress.close()
 
     matrix = [row["accuracy"] for row in position["stage_ends"]]
-    summary = {"steps": position["step"], "baseline": position["baseline"], "evals": position["evals"],
+    summary = {"steps": position["step"], "baseline": position["baseline"],
+               "baseline_row": position.get("baseline_row"), "evals": position["evals"],
                "accuracy_matrix": matrix, "continual": _continual(schedule, matrix, position["baseline"]),
                "tasks": [t.task for t in schedule.tasks], "stages": [asdict(s) for s in schedule.stages],
-               "counters": dict(agent.counters), "best_context": agent.population.best().context}
+               "counters": dict(agent.counters), "best_context": agent.population.best().context,
+               "wall_time_s": time.perf_counter() - start_time}  # this process (a resumed run: since the resume)
     if run_dir is not None:
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
         logger.close()
@@ -212,32 +210,37 @@ def _continual(schedule: Schedule, matrix: list[dict[str, float]], baseline: dic
 
 
 def _record_eval(agent: FSTAgent, schedule: Schedule, position: dict, step: int, stage: int) -> dict[str, float]:
-    """Evaluate every task (sampled mean@k and greedy, each with a 95% Wilson interval over ``n`` problems),
-    append the row (with per-problem results, for paired comparisons between runs) and return the scalars."""
+    """Evaluate every task, append the row to the run's evaluations and return its scalars."""
+    row, scalars = evaluation_row(agent, schedule, step, stage)
+    position["evals"].append(row)
+    return scalars
+
+
+def evaluation_row(agent: FSTAgent, schedule: Schedule, step: int, stage: int) -> tuple[dict, dict[str, float]]:
+    """Every task evaluated (sampled mean@k and greedy, each with a 95% Wilson interval over ``n`` problems, and
+    per-problem results for paired comparisons between runs): the summary row and its TensorBoard scalars."""
     results = {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
                                          k=schedule.eval_k, **task.env_kwargs) for task in schedule.tasks}
     greedy = {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
                                         greedy=True, **task.env_kwargs) for task in schedule.tasks}
-    accuracy = {task: result["accuracy"] for task, result in results.items()}
-    row = {"step": step, "stage": stage, "rl_samples": agent.counters["rl_samples"],
-           "fast_rollouts": agent.counters["fast_rollouts"], "accuracy": accuracy,
-           "accuracy_greedy": {task: result["accuracy"] for task, result in greedy.items()},
-           "per_problem": {task: result["per_problem"] for task, result in results.items()},
-           "per_problem_greedy": {task: result["per_problem"] for task, result in greedy.items()},
-           "n": {task: result["n"] for task, result in results.items()}, "k": schedule.eval_k}
+    row: dict[str, Any] = {"step": step, "stage": stage, "rl_samples": agent.counters["rl_samples"],
+                           "fast_rollouts": agent.counters["fast_rollouts"], "k": schedule.eval_k}
     scalars: dict[str, float] = {}
-    for task in results:
-        for suffix, result in (("", results[task]), ("_greedy", greedy[task])):
+    for suffix, found in (("", results), ("_greedy", greedy)):
+        row[f"accuracy{suffix}"] = {task: result["accuracy"] for task, result in found.items()}
+        row[f"ci{suffix}"] = {task: [result["ci_low"], result["ci_high"]] for task, result in found.items()}
+        row[f"per_problem{suffix}"] = {task: result["per_problem"] for task, result in found.items()}
+        for task, result in found.items():
             scalars[f"eval/accuracy{suffix}/{task}"] = result["accuracy"]
             scalars[f"eval/accuracy{suffix}_ci_low/{task}"] = result["ci_low"]
             scalars[f"eval/accuracy{suffix}_ci_high/{task}"] = result["ci_high"]
-        scalars[f"eval/n/{task}"] = results[task]["n"]
+    row["n"] = {task: result["n"] for task, result in results.items()}
+    scalars.update({f"eval/n/{task}": result["n"] for task, result in results.items()})
     if schedule.kl_prompts:
         drift = held_out_drift(agent, schedule)
         row.update(kl=drift["kl"], entropy=drift["entropy"])
         scalars.update({"eval/kl": drift["kl"], "eval/kl_k3": drift["kl_k3"], "eval/entropy": drift["entropy"]})
-    position["evals"].append(row)
-    return scalars
+    return row, scalars
 
 
 def held_out_drift(agent: FSTAgent, schedule: Schedule) -> dict[str, float]:

@@ -30,45 +30,80 @@ def _samples(row: Mapping[str, Any]) -> float:
     return float(row.get("rl_samples", 0)) + float(row.get("fast_rollouts", 0))
 
 
+def _rows(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The baseline (at 0 samples) and every evaluation, in order; old summaries without a baseline row get one
+    built from their baseline accuracies."""
+    baseline = summary.get("baseline_row") or {"accuracy": summary["baseline"], "rl_samples": 0, "fast_rollouts": 0}
+    return [baseline, *summary["evals"]]
+
+
 def accuracy_vs_samples(runs: Mapping[str, str | Path], out: Path) -> Path:
-    """One line per run and task: held-out accuracy against generated samples (RL + fast-round rollouts)."""
+    """Held-out accuracy against generated samples (RL + fast-round rollouts), one line per run and task, with
+    95% intervals as error bars and the baseline at 0; several runs (``fst compare``) share the axes."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    n_text = set()
     for label, run_dir in runs.items():
         summary = load_summary(run_dir)
+        rows = _rows(summary)
         for task in summary["tasks"]:
-            xs = [0.0] + [_samples(e) for e in summary["evals"]]
-            ys = [summary["baseline"][task]] + [e["accuracy"][task] for e in summary["evals"]]
-            ax.plot(xs, ys, marker="o", label=f"{label}: {task}" if len(summary["tasks"]) > 1 or len(runs) > 1
-                    else task)
-    ax.set_xlabel("samples generated (RL rollouts + fast-round rollouts)")
+            xs = [_samples(row) for row in rows]
+            ys = [row["accuracy"][task] for row in rows]
+            name = f"{label}: {task}" if len(summary["tasks"]) > 1 or len(runs) > 1 else task
+            intervals = [row.get("ci", {}).get(task) for row in rows]
+            if all(intervals):
+                below = [y - lo for y, (lo, _) in zip(ys, intervals, strict=True)]
+                above = [hi - y for y, (_, hi) in zip(ys, intervals, strict=True)]
+                ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=4, label=name)
+            else:
+                ax.plot(xs, ys, marker="o", label=name)
+            n = rows[-1].get("n", {}).get(task)
+            if n:
+                n_text.add(f"n={n} problems x k={rows[-1].get('k', 1)}")
+    ax.set_xlabel("samples generated (RL rollouts + fast-round rollouts); 0 = before training")
     ax.set_ylabel("held-out accuracy (mean@k)")
+    ax.set_title("Held-out accuracy with 95% Wilson intervals" + (f" ({', '.join(sorted(n_text))})" if n_text else ""))
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
 
 
+#: Fewer KL points than this make no curve: the plot says so instead of drawing one auto-zoomed point.
+MIN_KL_POINTS = 2
+
+
 def kl_vs_accuracy(runs: Mapping[str, str | Path], out: Path) -> Path | None:
-    """Accuracy against KL(policy || base) at each evaluation (None when no run recorded KL)."""
+    """Accuracy against KL(policy || base) at each evaluation, on axes starting at 0 (None when no run
+    recorded KL); with too few points the figure says so rather than drawing an auto-zoomed dot."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    plotted = False
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    points_by_run = {}
     for label, run_dir in runs.items():
         summary = load_summary(run_dir)
         points = [(e["kl"], sum(e["accuracy"].values()) / len(e["accuracy"])) for e in summary["evals"]
                   if e.get("kl") is not None]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
-            plotted = True
-    if not plotted:
+            points_by_run[label] = points
+    if not points_by_run:
         plt.close(fig)
         return None
+    for label, points in points_by_run.items():
+        ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    most = max(len(p) for p in points_by_run.values())
+    if most < MIN_KL_POINTS:
+        ax.text(0.5, 0.5, f"only {most} evaluation with KL: too little data for a curve\n"
+                          "(evaluate more often: --eval-every N)", ha="center", va="center",
+                transform=ax.transAxes, fontsize=11, color="dimgray")
+    largest = max(kl for points in points_by_run.values() for kl, _ in points)
+    ax.set_xlim(0, max(largest * 1.1, 1e-3))
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("KL(policy || base) per token, held-out prompts")
     ax.set_ylabel("mean held-out accuracy over tasks")
+    ax.set_title("Accuracy against drift from the base model")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -84,15 +119,16 @@ def accuracy_matrix(run_dir: str | Path, out: Path, title: str = "") -> Path:
     tasks, rows = summary["tasks"], summary["accuracy_matrix"]
     stages = [s["env_id"] for s in summary["stages"]][: len(rows)]
     values = [[row.get(t, float("nan")) for t in tasks] for row in rows]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 1.2 + 0.7 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(8.0, 2.5 + 2.0 * len(tasks)), max(3.5, 1.8 + 0.8 * len(rows))))
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i, row in enumerate(values):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    ax.set_xticks(range(len(tasks)), [t.split("/")[-1] for t in tasks], rotation=20, ha="right", fontsize=8)
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=11,
+                    color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(len(tasks)), [t.split("/")[-1] for t in tasks], rotation=20, ha="right", fontsize=9)
     ax.set_yticks(range(len(rows)), [f"after stage {i}: {s.split('/')[-1]}" for i, s in enumerate(stages)],
-                  fontsize=8)
-    ax.set_title(title or "accuracy after each stage")
+                  fontsize=9)
+    ax.set_title(title or "Held-out accuracy after each stage (rows) on each task (columns)", fontsize=11)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -105,13 +141,14 @@ def training_reward(run_dir: str | Path, out: Path) -> Path:
     plt = _pyplot()
     rows = read_scalars(run_dir)
     steps = [r["step"] for r in rows if "rollout/reward_mean" in r]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(steps, [r["rollout/reward_mean"] for r in rows if "rollout/reward_mean" in r], marker=".")
     for r in rows:
         if "fast/round" in r:
             ax.axvline(r["step"], color="orange", alpha=0.4)
     ax.set_xlabel("update")
-    ax.set_ylabel("mean rollout reward (orange: fast rounds)")
+    ax.set_ylabel("mean rollout reward")
+    ax.set_title("Training reward per update (orange lines: fast rounds)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
