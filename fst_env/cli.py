@@ -306,13 +306,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.env and args.run_dir:
         tasks = list(map(_parse_env, args.env))
     context = {"best": None, "none": {}, "seed": dict(agent.config.seed_context)}[args.context]
-    print(f"{'task':44} {'accuracy':>9} {'reward':>8}   (split={args.split}, problems={args.problems}, k={args.k}, "
-          f"context={args.context})")
+    schedule = config.build_schedule()  # the run's evaluation settings, so a run's numbers are reproduced
+    problems = args.problems if args.problems is not None else schedule.eval_problems
+    k = args.k if args.k is not None else schedule.eval_k
+    print(f"{'task':44} {'sampled mean@' + str(k):>26} {'greedy':>26} {'reward':>7}   (split={args.split}, "
+          f"context={args.context}; 95% Wilson intervals over n problems)")
     for env_id, kwargs in tasks:
         env_id = resolve_env_id(env_id)
-        result = agent.evaluate(env_id, split=args.split, problems=args.problems, k=args.k, context=context,
+        sampled = agent.evaluate(env_id, split=args.split, problems=problems, k=k, context=context, **kwargs)
+        greedy = agent.evaluate(env_id, split=args.split, problems=problems, greedy=True, context=context,
                                 **kwargs)
-        print(f"{env_id:44} {result['accuracy']:9.3f} {result['reward_mean']:8.3f}")
+        cells = [f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}" for r in (sampled, greedy)]
+        print(f"{env_id:44} {cells[0]:>26} {cells[1]:>26} {sampled['reward_mean']:7.3f}")
     return 0
 
 
@@ -398,8 +403,10 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="a base model instead of a run (embedded, tiny, dir or id)")
     evaluate.add_argument("--env", action="append", metavar="ID[:k=v,...]", help="tasks (default: the run's)")
     evaluate.add_argument("--split", default="validation", choices=("train", "validation", "test"))
-    evaluate.add_argument("--problems", type=int, default=16, help="problems per task (default 16)")
-    evaluate.add_argument("--k", type=int, default=1, help="samples per problem for mean@k (default 1)")
+    evaluate.add_argument("--problems", "--eval-problems", type=int,
+                          help="problems per task (default: the run's eval_problems, else 16)")
+    evaluate.add_argument("--k", "--eval-k", type=int,
+                          help="samples per problem for mean@k (default: the run's eval_k, else 1)")
     evaluate.add_argument("--context", default="best", choices=("best", "seed", "none"),
                           help="which context: the population's best, the seed, or none (default best)")
     evaluate.add_argument("--temperature", type=float, help="sampling temperature (default: the run's)")
