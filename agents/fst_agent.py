@@ -333,8 +333,9 @@ class FSTAgent:
         """mean@k accuracy (and mean reward) of the current weights with ``context`` (default: the best
         context; pass ``{}`` for none) on the first ``problems`` problems of ``split`` (all, if it has fewer).
 
-        Common random numbers: sample ``j`` of problem ``p`` is generated alone with the seed
-        :func:`eval_seed` ``(config.seed, task, split, p, j)``, never from the agent's RNG, so every arm and
+        Common random numbers: sample ``j`` of problem ``p`` is drawn with its own seed
+        :func:`eval_seed` ``(config.seed, task, split, p, j)`` (a per-row seed in one batched call where the backend
+        supports it, else a call of its own), never from the agent's RNG, so every arm and
         every evaluation point sees the same problems with the same sampling seeds, whatever training drew
         before (a fast round, a different number of slow steps). ``greedy`` (or ``temperature == 0``) decodes
         greedily: one sample per problem (``k`` is 1 then). Returns ``accuracy`` (mean@k), ``ci_low`` /
@@ -358,12 +359,17 @@ class FSTAgent:
             generations = self.backend.generate(prompts, SamplingParams(max_new_tokens=c.max_new_tokens,
                                                                         temperature=0.0))
         else:
-            # One call per (problem, sample): a batched call shares one generator across rows (and the rows'
-            # order and early stops depend on the prompts), so only a call of its own fixes a sample's noise.
+            # Each (problem, sample) has its own seed. Backends with per-row generators take them in one batched
+            # call (a row's noise is then its own, whatever else is in the batch); others get one call per sample.
             task = _task_name(env_id, kwargs)
-            generations = [self.backend.generate([prompts[p]], SamplingParams(
-                max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                seed=eval_seed(c.seed, task, split, p, j)))[0] for p in range(problems) for j in range(k)]
+            seeds = [eval_seed(c.seed, task, split, p, j) for p in range(problems) for j in range(k)]
+            repeated = [prompts[p] for p in range(problems) for _ in range(k)]
+            sampling = {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "top_p": c.top_p}
+            if getattr(self.backend, "supports_row_seeds", False):
+                generations = self.backend.generate(repeated, SamplingParams(**sampling, row_seeds=tuple(seeds)))
+            else:
+                generations = [self.backend.generate([prompt], SamplingParams(**sampling, seed=seed))[0]
+                               for prompt, seed in zip(repeated, seeds, strict=True)]
         rewards, correct = [], []
         for i, gen in enumerate(generations):
             env.reset(options={"problem_id": i // k})

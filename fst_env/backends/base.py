@@ -27,7 +27,9 @@ class SamplingParams:
     greedy decoding. ``top_p`` in (0, 1] (1 = off), ``top_k`` >= 0 (0 = off). ``stop``: strings that end a
     completion (``finish_reason="stop"``, as does the tokenizer's eos token); ``include_stop`` keeps the
     matched stop string at the end of the returned text. ``seed``: the same seed and prompts give the same
-    completions (``None`` draws fresh randomness).
+    completions (``None`` draws fresh randomness). ``row_seeds``: one seed per prompt instead, so each completion's
+    noise is its own (the same prompt and row seed give the same sample whatever else is in the batch: common
+    random numbers for evaluation); backends that support it say so with ``supports_row_seeds = True``.
     """
 
     max_new_tokens: int = 256
@@ -37,6 +39,7 @@ class SamplingParams:
     stop: tuple[str, ...] | list[str] = field(default_factory=tuple)
     include_stop: bool = True
     seed: int | None = None
+    row_seeds: tuple[int, ...] | None = None
 
     def validate(self) -> SamplingParams:
         """Raise ValueError on an out-of-range field; returns ``self`` so calls can chain."""
@@ -57,7 +60,24 @@ class SamplingParams:
                 raise ValueError(f"SamplingParams.stop entries must be non-empty strings, got {s!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
+        if self.row_seeds is not None:
+            if isinstance(self.row_seeds, (str, bytes)) or not all(
+                    isinstance(s, int) and not isinstance(s, bool) for s in self.row_seeds):
+                raise ValueError(f"SamplingParams.row_seeds must be a sequence of ints (one per prompt) or None, "
+                                 f"got {self.row_seeds!r}")
+            if self.seed is not None:
+                raise ValueError("SamplingParams: give seed or row_seeds, not both")
         return self
+
+    def row_generators(self, count: int, device: Any) -> list[Any] | None:
+        """One seeded ``torch.Generator`` per prompt when ``row_seeds`` is set (None otherwise); checks the count."""
+        if self.row_seeds is None:
+            return None
+        if len(self.row_seeds) != count:
+            raise ValueError(f"SamplingParams.row_seeds has {len(self.row_seeds)} seeds for {count} prompts")
+        import torch
+
+        return [torch.Generator(device=device).manual_seed(int(seed)) for seed in self.row_seeds]
 
     @property
     def greedy(self) -> bool:

@@ -49,6 +49,9 @@ class HFBackend:
     the module's train/eval mode afterwards.
     """
 
+    #: Per-prompt seeds (``SamplingParams.row_seeds``): each row draws from its own generator.
+    supports_row_seeds = True
+
     def __init__(self, policy: Policy, *, batch_size: int = 32) -> None:
         if batch_size < 1:
             raise ValueError(f"HFBackend: batch_size must be >= 1, got {batch_size}")
@@ -101,13 +104,15 @@ class HFBackend:
         else:
             generator.manual_seed(params.seed)
         # Similar lengths share a chunk, so little compute goes to padding.
+        row_generators = params.row_generators(len(encoded), device)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         with self._serving():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
+                chunk_generators = generator if row_generators is None else [row_generators[i] for i in chunk]
                 for i, generation in zip(chunk, self._generate_batch([encoded[i] for i in chunk], params,
-                                                                     generator), strict=True):
+                                                                     chunk_generators), strict=True):
                     results[i] = generation
         return [g for g in results if g is not None]
 
@@ -126,7 +131,7 @@ class HFBackend:
             model.train(was_training)
 
     def _generate_batch(self, prompt_ids: list[list[int]], params: SamplingParams,
-                        generator: torch.Generator) -> list[Generation]:
+                        generator: torch.Generator | list[torch.Generator]) -> list[Generation]:
         model = core_model(self.policy.model)
         tokenizer = self.policy.tokenizer
         device = self.policy.device
@@ -160,7 +165,8 @@ class HFBackend:
         for step in range(params.max_new_tokens):
             scaled = logits.float() / temperature
             token_logprobs = torch.log_softmax(scaled, dim=-1)
-            tokens = scaled.argmax(-1) if params.greedy else _sample(scaled, params, generator)
+            draws = generator if isinstance(generator, torch.Generator) else [generator[row] for row in active]
+            tokens = scaled.argmax(-1) if params.greedy else _sample(scaled, params, draws)
             chosen = token_logprobs.gather(-1, tokens[:, None]).squeeze(-1)
             keep: list[int] = []
             for slot, (row, token, lp) in enumerate(zip(active, tokens.tolist(), chosen.tolist(), strict=True)):
@@ -197,8 +203,9 @@ class HFBackend:
         return out
 
 
-def _sample(scaled: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token per row from softmax(scaled) after top-k / top-p truncation."""
+def _sample(scaled: torch.Tensor, params: SamplingParams,
+            generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+    """Draw one token per row from softmax(scaled) after top-k / top-p truncation (a list: one generator per row)."""
     if params.top_k and params.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -210,6 +217,8 @@ def _sample(scaled: torch.Tensor, params: SamplingParams, generator: torch.Gener
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(-1, sorted_index, sorted_logits)
     probs = torch.softmax(scaled, dim=-1)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generator)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

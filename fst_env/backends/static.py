@@ -361,11 +361,12 @@ class _Decoder:
 
 
 def sample_tokens(scaled: torch.Tensor, normaliser: torch.Tensor, params: SamplingParams,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
     """One token per row from ``softmax(scaled)`` after top-k / top-p truncation (as in HFBackend), by inverse CDF.
 
     ``normaliser`` is ``logsumexp(scaled, -1, keepdim=True)``. One uniform draw per row replaces the vocabulary-
-    sized exponential draw of ``torch.multinomial`` (~1 ms per row for a 49k vocabulary on CPU).
+    sized exponential draw of ``torch.multinomial`` (~1 ms per row for a 49k vocabulary on CPU). A list of
+    generators draws each row's uniform from its own generator (per-row seeds).
     """
     probs = torch.exp(scaled - normaliser)
     if params.top_k and params.top_k < scaled.shape[-1]:
@@ -379,7 +380,10 @@ def sample_tokens(scaled: torch.Tensor, normaliser: torch.Tensor, params: Sampli
         probs = probs.scatter(-1, sorted_index, sorted_probs.masked_fill(drop, 0.0))
     # float32 is enough: the cumulative sum's rounding (~1e-6 of the mass) is far below any sampling noise.
     cdf = probs.cumsum(-1)
-    draw = torch.rand((scaled.shape[0], 1), generator=generator, device=scaled.device, dtype=cdf.dtype)
+    if isinstance(generator, list):
+        draw = torch.cat([torch.rand((1, 1), generator=g, device=scaled.device, dtype=cdf.dtype) for g in generator])
+    else:
+        draw = torch.rand((scaled.shape[0], 1), generator=generator, device=scaled.device, dtype=cdf.dtype)
     # right=True: the first index whose cumulative mass exceeds the draw, never a zero-probability token.
     index = torch.searchsorted(cdf, draw * cdf[:, -1:], right=True)
     return index.clamp(max=scaled.shape[-1] - 1).squeeze(-1)
@@ -397,6 +401,9 @@ class StaticCacheBackend:
     ``threads`` (or ``$FST_ENV_THREADS``) sets torch's intra-op threads
     (:func:`fst_env.models.configure_threads`). ``merge_seconds`` is the time of the last weight copy/merge.
     """
+
+    #: Per-prompt seeds (``SamplingParams.row_seeds``): each row draws from its own generator.
+    supports_row_seeds = True
 
     #: Samples from the weights being trained (the agent's slow channel accepts it).
     trainable = True
@@ -476,13 +483,15 @@ class StaticCacheBackend:
             generator.seed()
         else:
             generator.manual_seed(params.seed)
+        row_generators = params.row_generators(len(encoded), device)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
+                chunk_generators = generator if row_generators is None else [row_generators[i] for i in chunk]
                 for i, generation in zip(chunk, self._generate_batch(weights, [encoded[i] for i in chunk], params,
-                                                                     generator), strict=True):
+                                                                     chunk_generators), strict=True):
                     results[i] = generation
         return [g for g in results if g is not None]
 
@@ -519,7 +528,7 @@ class StaticCacheBackend:
 
     # ------------------------------------------------------------------------------------------- decoding
     def _generate_batch(self, weights: SamplerWeights, prompt_ids: list[list[int]], params: SamplingParams,
-                        generator: torch.Generator) -> list[Generation]:
+                        generator: torch.Generator | list[torch.Generator]) -> list[Generation]:
         tokenizer = self.policy.tokenizer
         device = self.policy.device
         batch = len(prompt_ids)
@@ -551,7 +560,8 @@ class StaticCacheBackend:
         for step in range(params.max_new_tokens):
             scaled = logits / temperature if temperature != 1.0 else logits
             normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
-            tokens = scaled.argmax(-1) if params.greedy else sample_tokens(scaled, normaliser, params, generator)
+            draws = generator if isinstance(generator, torch.Generator) else [generator[row] for row in rows]
+            tokens = scaled.argmax(-1) if params.greedy else sample_tokens(scaled, normaliser, params, draws)
             chosen = (scaled.gather(-1, tokens[:, None]) - normaliser).squeeze(-1)
             for slot, (token, lp) in enumerate(zip(tokens.tolist(), chosen.tolist(), strict=True)):
                 if not live[slot]:
