@@ -276,6 +276,9 @@ def test_bad_inputs(policy: Policy) -> None:
         backend.set_adapter("default")
     with pytest.raises(ValueError, match="batch_size"):
         StaticCacheBackend(policy, batch_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        StaticCacheBackend(policy, dtype="int8")
+    assert StaticCacheBackend(policy, dtype="float32").dtype == torch.float32
 
 
 def test_thread_and_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
