@@ -212,12 +212,15 @@ def cmd_train(args: argparse.Namespace, mode_override: str | None = None) -> int
     if mode_override:
         config.mode = mode_override
     run_dir = Path(args.run_dir or f"runs/{config.mode}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.json"
     if args.resume:
-        find_checkpoint(run_dir, report=None)  # fail in one line before the model loads if nothing validates
+        # fail in one line before the model loads if nothing validates, or if there is nothing to resume at all
+        if find_checkpoint(run_dir, report=None) is None:
+            raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from (a mistyped --run-dir? "
+                              "drop --resume to start a new run there)")
         if saved.exists():
             config = _saved_config(saved)
+    run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(config.to_dict(), indent=2))
     agent = build_agent(config)
     summary = train(agent, config.build_schedule(), run_dir=run_dir, seed=config.seed, resume=args.resume,
@@ -290,6 +293,8 @@ def _eval_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir)
+        if not run_dir.is_dir():
+            raise ConfigError(f"--run-dir: {run_dir} does not exist (give the directory a `fst train` run wrote)")
         config = _saved_config(run_dir / "config.json")
         checkpoint = find_checkpoint(run_dir)
         if checkpoint is None:

@@ -47,3 +47,14 @@ def test_custom_env_from_a_users_file_trains_from_the_cli(tmp_path):
     assert (run_dir / "summary.json").exists()
     summary = (run_dir / "summary.json").read_text()
     assert "myorg/Spelling-v0" in summary  # held-out evaluation ran on the example's validation split
+
+
+def test_missing_run_dir_and_nothing_to_resume_are_one_line(tmp_path, capsys):
+    missing = tmp_path / "does-not-exist"
+    assert main(["eval", "--run-dir", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--run-dir: {missing} does not exist" in err and len(err.splitlines()) == 1
+    assert main(["train", "--model", "tiny", "--resume", "--run-dir", str(missing), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no checkpoint to resume from" in err and len(err.splitlines()) == 1
+    assert not missing.exists()  # a failed resume creates nothing
