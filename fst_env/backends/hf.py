@@ -10,7 +10,7 @@ local ``torch.Generator``, so a seed fixes the output without touching the globa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -86,35 +86,9 @@ class HFBackend:
         params = (params or SamplingParams()).validate()
         if isinstance(prompts, str):
             raise TypeError("HFBackend.generate: prompts must be a list of str, got a single str")
-        tokenizer = self.policy.tokenizer
-        encoded: list[list[int]] = []
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(f"HFBackend.generate: prompt {i} must be str, got {type(prompt).__name__}")
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            if not ids:
-                raise ValueError(f"HFBackend.generate: prompt {i} is empty after tokenization")
-            encoded.append(list(ids))
-        if not encoded:
-            return []
-        device = self.policy.device
-        generator = torch.Generator(device=device)
-        if params.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(params.seed)
-        # Similar lengths share a chunk, so little compute goes to padding.
-        row_generators = params.row_generators(len(encoded), device)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[Generation | None] = [None] * len(encoded)
+        encoded = encode_prompts(self.policy.tokenizer, prompts, "HFBackend")
         with self._serving():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                chunk_generators = generator if row_generators is None else [row_generators[i] for i in chunk]
-                for i, generation in zip(chunk, self._generate_batch([encoded[i] for i in chunk], params,
-                                                                     chunk_generators), strict=True):
-                    results[i] = generation
-        return [g for g in results if g is not None]
+            return generate_in_chunks(encoded, params, self.policy.device, self.batch_size, self._generate_batch)
 
     # ------------------------------------------------------------------------------------------- internals
     @contextlib.contextmanager
@@ -136,16 +110,7 @@ class HFBackend:
         tokenizer = self.policy.tokenizer
         device = self.policy.device
         batch = len(prompt_ids)
-        width = max(len(ids) for ids in prompt_ids)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids):] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        # Positions count real tokens only, so a left-padded prompt sees the positions it would see alone.
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attention, positions = left_padded(prompt_ids, tokenizer, device)
         cache = DynamicCache(config=model.config)
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
@@ -192,16 +157,77 @@ class HFBackend:
                            past_key_values=cache, use_cache=True).logits[:, -1, :]
             next_position = next_position + 1
 
-        out = []
-        for row in range(batch):
-            text = tokenizer.decode(completion[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            if matched[row] is not None:
-                text = _cut_at_stop(text, stops, params.include_stop)
-            out.append(Generation(text=text, prompt_ids=list(prompt_ids[row]), completion_ids=completion[row],
-                                  logprobs=logprobs[row], finish_reason=finish[row] or "length",
-                                  stop=matched[row]))
-        return out
+        return finished_generations(tokenizer, prompt_ids, completion, logprobs, finish, matched, params)
 
+
+
+
+def left_padded(prompt_ids: list[list[int]], tokenizer: Any, device: Any) -> tuple[torch.Tensor, ...]:
+    """Input ids, attention mask and position ids of left-padded prompts on ``device``. Positions count real
+    tokens only, so a left-padded prompt sees the positions it would see alone (as in the learner's TokenBatch)."""
+    batch, width = len(prompt_ids), max(len(ids) for ids in prompt_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    return input_ids, attention, (attention.cumsum(-1) - 1).clamp(min=0)
+
+
+def finished_generations(tokenizer: Any, prompt_ids: list[list[int]], completion: list[list[int]],
+                         logprobs: list[list[float]], finish: list[str | None], matched: list[str | None],
+                         params: SamplingParams) -> list[Generation]:
+    """One :class:`Generation` per row from a decode loop's per-row tokens, log-probs, endings and stop matches."""
+    out = []
+    for row, ids in enumerate(prompt_ids):
+        text = tokenizer.decode(completion[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if matched[row] is not None:
+            text = _cut_at_stop(text, tuple(params.stop), params.include_stop)
+        out.append(Generation(text=text, prompt_ids=list(ids), completion_ids=completion[row],
+                              logprobs=logprobs[row], finish_reason=finish[row] or "length", stop=matched[row]))
+    return out
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], backend: str) -> list[list[int]]:
+    """Token ids of each prompt (no extra special tokens: the chat template carries them); checks every prompt."""
+    encoded: list[list[int]] = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"{backend}.generate: prompt {i} must be str, got {type(prompt).__name__}")
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"{backend}.generate: prompt {i} is empty after tokenization")
+        encoded.append(list(ids))
+    return encoded
+
+
+#: Generates one chunk: (prompt ids, sampling params, the call's generator or one per prompt) -> generations.
+ChunkGenerator = Callable[[list[list[int]], SamplingParams, "torch.Generator | list[torch.Generator]"],
+                          list[Generation]]
+
+
+def generate_in_chunks(encoded: list[list[int]], params: SamplingParams, device: Any, batch_size: int,
+                       run_chunk: ChunkGenerator) -> list[Generation]:
+    """Generations for ``encoded`` prompts in input order: similar lengths share a chunk of ``batch_size`` (little
+    compute goes to padding); one seeded generator for the call, or one per prompt with ``params.row_seeds``."""
+    if not encoded:
+        return []
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    row_generators = params.row_generators(len(encoded), device)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[Generation | None] = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        chunk_generators = generator if row_generators is None else [row_generators[i] for i in chunk]
+        for i, generation in zip(chunk, run_chunk([encoded[i] for i in chunk], params, chunk_generators),
+                                 strict=True):
+            results[i] = generation
+    return [g for g in results if g is not None]
 
 def _sample(scaled: torch.Tensor, params: SamplingParams,
             generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:

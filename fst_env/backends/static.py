@@ -26,6 +26,7 @@ falls back to ``HFBackend`` for it. The same code runs on CUDA (float32 or bfloa
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,15 @@ import torch
 import torch.nn.functional as F
 
 from fst_env.backends.base import Generation, Message, SamplingParams
-from fst_env.backends.hf import _cut_at_stop, _stop_hit, core_model, stop_token_ids
+from fst_env.backends.hf import (
+    _stop_hit,
+    core_model,
+    encode_prompts,
+    finished_generations,
+    generate_in_chunks,
+    left_padded,
+    stop_token_ids,
+)
 from fst_env.models import Policy, configure_threads, sampling_dtype
 
 #: Model types whose decoder layer is the Llama one (pre-norm RMSNorm, rotary GQA attention, SiLU-gated MLP).
@@ -466,15 +475,7 @@ class StaticCacheBackend:
         params = (params or SamplingParams()).validate()
         if isinstance(prompts, str):
             raise TypeError("StaticCacheBackend.generate: prompts must be a list of str, got a single str")
-        tokenizer = self.policy.tokenizer
-        encoded: list[list[int]] = []
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(f"StaticCacheBackend.generate: prompt {i} must be str, got {type(prompt).__name__}")
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            if not ids:
-                raise ValueError(f"StaticCacheBackend.generate: prompt {i} is empty after tokenization")
-            encoded.append(list(ids))
+        encoded = encode_prompts(self.policy.tokenizer, prompts, "StaticCacheBackend")
         if not encoded:
             return []
         weights = self._current_weights()
@@ -482,23 +483,9 @@ class StaticCacheBackend:
         if longest > weights.cos.shape[0]:
             raise ValueError(f"StaticCacheBackend.generate: prompt + max_new_tokens = {longest} tokens exceeds the "
                              f"model's {weights.cos.shape[0]} positions")
-        device = self.policy.device
-        generator = torch.Generator(device=device)
-        if params.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(params.seed)
-        row_generators = params.row_generators(len(encoded), device)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[Generation | None] = [None] * len(encoded)
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                chunk_generators = generator if row_generators is None else [row_generators[i] for i in chunk]
-                for i, generation in zip(chunk, self._generate_batch(weights, [encoded[i] for i in chunk], params,
-                                                                     chunk_generators), strict=True):
-                    results[i] = generation
-        return [g for g in results if g is not None]
+            return generate_in_chunks(encoded, params, self.policy.device, self.batch_size,
+                                      functools.partial(self._generate_batch, weights))
 
     # ------------------------------------------------------------------------------------------- weights
     def _model(self) -> Any:
@@ -536,17 +523,8 @@ class StaticCacheBackend:
                         generator: torch.Generator | list[torch.Generator]) -> list[Generation]:
         tokenizer = self.policy.tokenizer
         device = self.policy.device
-        batch = len(prompt_ids)
-        width = max(len(ids) for ids in prompt_ids)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids):] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        # Positions count real tokens only, as in HFBackend and the learner's TokenBatch.
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        batch, width = len(prompt_ids), max(len(ids) for ids in prompt_ids)
+        input_ids, attention, positions = left_padded(prompt_ids, tokenizer, device)
         decoder = _Decoder(weights, batch, width + params.max_new_tokens, device)
         logits = decoder.prefill(input_ids, attention, positions)
         next_position = attention.sum(-1)
@@ -595,12 +573,4 @@ class StaticCacheBackend:
             logits = decoder.decode(tokens, next_position, width + step)
             next_position = next_position + 1
 
-        out = []
-        for row in range(batch):
-            text = tokenizer.decode(completion[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            if matched[row] is not None:
-                text = _cut_at_stop(text, stops, params.include_stop)
-            out.append(Generation(text=text, prompt_ids=list(prompt_ids[row]), completion_ids=completion[row],
-                                  logprobs=logprobs[row], finish_reason=finish[row] or "length",
-                                  stop=matched[row]))
-        return out
+        return finished_generations(tokenizer, prompt_ids, completion, logprobs, finish, matched, params)
