@@ -75,7 +75,7 @@ MAX_REPLY_BYTES = 256 << 10
 PRELOAD: tuple[str, ...] = ("reasoning_gym", "sympy", "math_verify")
 
 _STATUSES = frozenset({"ok", "error", "timeout"})
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 16384, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG = 1
 
 
@@ -358,6 +358,9 @@ def _isolate() -> tuple[list[str], list[str], bool]:
         isolation.append("readonly-fs")
     except OSError as exc:
         notes.append(f"could not make the filesystem read-only ({exc.strerror})")
+    # Code the worker imports may live under a directory the private tmpfs mounts cover (a venv or checkout under
+    # /tmp, as CI's mktemp venv is): hold those directories open, then bind them back read-only on top.
+    held = _held_import_dirs(("/tmp", "/var/tmp", "/dev/shm", "/run"))
     for path, mode in (("/tmp", "1777"), ("/var/tmp", "1777"), ("/dev/shm", "1777"), ("/run", "0755")):
         if os.path.isdir(path) and not os.path.islink(path):
             try:
@@ -366,6 +369,7 @@ def _isolate() -> tuple[list[str], list[str], bool]:
                     isolation.append("private-tmp")
             except OSError as exc:
                 notes.append(f"no private {path} ({exc.strerror})")
+    _bind_back(libc, held, notes)
     try:
         libc.mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
         isolation.append("private-proc")
@@ -375,6 +379,32 @@ def _isolate() -> tuple[list[str], list[str], bool]:
         os.chdir("/tmp")
     _harden_self(libc, isolation, notes)
     return isolation, notes, True
+
+
+def _held_import_dirs(covered: tuple[str, ...]) -> dict[str, int]:
+    """Open directory handles on the import-path entries that lie under ``covered`` mount points (outermost
+    only), so they can be bound back after the private tmpfs mounts hide them."""
+    found = sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)})
+    inside = [p for p in found if any(p == c or p.startswith(c.rstrip("/") + "/") for c in covered)]
+    outermost = [p for p in inside if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in inside)]
+    held = {}
+    for path in outermost:
+        with contextlib.suppress(OSError):
+            held[path] = os.open(path, os.O_PATH | os.O_DIRECTORY)
+    return held
+
+
+def _bind_back(libc: Any, held: dict[str, int], notes: list[str]) -> None:
+    """Bind each held directory back at its path, read-only, nosuid, nodev (through the old /proc's fd links)."""
+    for path, fd in held.items():
+        try:
+            os.makedirs(path, exist_ok=True)
+            libc.mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+            libc.readonly_tree(path)
+        except OSError as exc:
+            notes.append(f"could not keep {path} importable under the private mounts ({exc.strerror})")
+        finally:
+            os.close(fd)
 
 
 def _harden_self(libc: Any, isolation: list[str], notes: list[str]) -> None:

@@ -244,3 +244,24 @@ def test_the_server_exits_when_the_trainer_dies():
         assert not _alive(pid)
     finally:
         trainer.kill()
+
+
+def test_code_under_tmp_stays_importable_and_read_only(monkeypatch):
+    # CI's venv (and often a checkout) lives under /tmp, which the worker covers with a private tmpfs.
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="fst-judge-import-", dir="/tmp")
+    module = os.path.basename(folder).replace("-", "_")
+    with open(os.path.join(folder, f"{module}.py"), "w") as f:
+        f.write("import os\n\ndef where():\n    return __file__\n\n"
+                "def write(path):\n    try:\n        open(path, 'w').write('x')\n        return 'wrote'\n"
+                "    except OSError as exc:\n        return type(exc).__name__\n")
+    monkeypatch.syspath_prepend(folder)
+    judging.shutdown()  # the next call starts a server that sees the new sys.path
+    try:
+        assert judging.isolated_call(f"{module}:where").startswith(folder)
+        target = os.path.join(folder, "written-by-the-worker")
+        assert judging.isolated_call(f"{module}:write", target) != "wrote"
+        assert not os.path.exists(target)
+    finally:
+        judging.shutdown()
