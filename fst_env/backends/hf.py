@@ -70,16 +70,7 @@ class HFBackend:
 
     def set_adapter(self, name: str | None) -> None:
         """Generate with LoRA adapter ``name``, or with the base weights (adapters disabled) for ``None``."""
-        model = self.policy.model
-        if name is None:
-            self._use_base_weights = True
-            return
-        if not hasattr(model, "set_adapter") or not hasattr(model, "peft_config"):
-            raise ValueError(f"HFBackend.set_adapter({name!r}): the policy model has no LoRA adapters")
-        if name not in model.peft_config:
-            raise ValueError(f"HFBackend.set_adapter: unknown adapter {name!r}; known: {sorted(model.peft_config)}")
-        model.set_adapter(name)
-        self._use_base_weights = False
+        self._use_base_weights = select_adapter(self.policy.model, name, "HFBackend")
 
     def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Generation]:
         """One :class:`Generation` per prompt, in order; the same prompts and ``params.seed`` give the same output."""
@@ -161,6 +152,19 @@ class HFBackend:
 
 
 
+
+
+def select_adapter(model: Any, name: str | None, backend: str) -> bool:
+    """Make LoRA adapter ``name`` the active one on ``model`` (checked); returns whether to serve the base weights
+    (True for ``None``: adapters disabled while generating)."""
+    if name is None:
+        return True
+    if not hasattr(model, "set_adapter") or not hasattr(model, "peft_config"):
+        raise ValueError(f"{backend}.set_adapter({name!r}): the policy model has no LoRA adapters")
+    if name not in model.peft_config:
+        raise ValueError(f"{backend}.set_adapter: unknown adapter {name!r}; known: {sorted(model.peft_config)}")
+    model.set_adapter(name)
+    return False
 
 def left_padded(prompt_ids: list[list[int]], tokenizer: Any, device: Any) -> tuple[torch.Tensor, ...]:
     """Input ids, attention mask and position ids of left-padded prompts on ``device``. Positions count real

@@ -43,6 +43,7 @@ from fst_env.backends.hf import (
     finished_generations,
     generate_in_chunks,
     left_padded,
+    select_adapter,
     stop_token_ids,
 )
 from fst_env.models import Policy, configure_threads, sampling_dtype
@@ -458,17 +459,7 @@ class StaticCacheBackend:
 
     def set_adapter(self, name: str | None) -> None:
         """Generate with LoRA adapter ``name``, or with the base weights (adapters disabled) for ``None``."""
-        model = self.policy.model
-        if name is None:
-            self._use_base_weights = True
-            return
-        if not hasattr(model, "set_adapter") or not hasattr(model, "peft_config"):
-            raise ValueError(f"StaticCacheBackend.set_adapter({name!r}): the policy model has no LoRA adapters")
-        if name not in model.peft_config:
-            raise ValueError(f"StaticCacheBackend.set_adapter: unknown adapter {name!r}; "
-                             f"known: {sorted(model.peft_config)}")
-        model.set_adapter(name)
-        self._use_base_weights = False
+        self._use_base_weights = select_adapter(self.policy.model, name, "StaticCacheBackend")
 
     def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Generation]:
         """One :class:`Generation` per prompt, in order; the same prompts and ``params.seed`` give the same output."""
