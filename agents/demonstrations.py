@@ -23,7 +23,8 @@ from typing import Any
 
 from gepa.proposer.reflective_mutation.reflection_lm import ReflectionProposal
 
-from fst_env.agents.fast import EvaluateFn, GepaFastLearner, ReflectiveDataset, _clean
+from fst_env.agents.fast_bridge import EvaluateFn, ReflectiveDataset, clean_text
+from fst_env.agents.fast_round import GepaFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.rollout import Rollout
 
@@ -75,8 +76,8 @@ class DemonstrationsProposer:
 
     def render(self, rollout: Rollout) -> str:
         """One demonstration: the problem (shortened) and the policy's own correct completion."""
-        problem = _clean(rollout.problem.strip(), self.max_prompt_chars)
-        answer = _clean(rollout.completion.strip(), self.max_completion_chars)
+        problem = clean_text(rollout.problem.strip(), self.max_prompt_chars)
+        answer = clean_text(rollout.completion.strip(), self.max_completion_chars)
         # A completion that contains the separator would split into fake examples when parsed back.
         answer = answer.replace("### Example", "# Example")
         return f"Problem: {problem}\nAnswer: {answer}"
