@@ -252,38 +252,55 @@ class EpisodeRunner:
             pending.append(observation)
         active = list(range(len(starts)))
         while active:
-            prompts: list[str] = []
-            playing: list[int] = []
-            for i in active:
-                prompt = self.backend.apply_chat_template(episodes[i].messages(pending[i]))
-                if episodes[i].turns and self.count_tokens(prompt) > self.limits.max_context_tokens:
-                    episodes[i].truncated = True
-                    episodes[i].info["stopped"] = "max_context"
-                    continue
-                prompts.append(prompt)
-                playing.append(i)
-            if not playing:
-                break
-            generations = self.backend.generate(prompts, sampling())
-            for i, generation in zip(playing, generations, strict=True):
-                self._step(starts[i].env, episodes[i], pending[i], generation, pending, i)
-            active = [i for i in playing if not episodes[i].done]
+            playing = self.respond([episodes[i] for i in active], [pending[i] for i in active], sampling)
+            playing_ids = [i for i, texts in zip(active, playing, strict=True) if texts is not None]
+            for i in playing_ids:
+                step = starts[i].env.step(episodes[i].turns[-1].completion)
+                pending[i] = self.record(episodes[i], *step)
+            active = [i for i in playing_ids if not episodes[i].done]
         return episodes
 
-    def _step(self, env: gym.Env, episode: Episode, observation: str, generation: Any, pending: list[str],
-              index: int) -> None:
-        """Step ``env`` with the generation's text and record the turn; ends the episode when due."""
-        obs, reward, terminated, truncated, info = env.step(generation.text)
-        turn_info = {"error": str(info["error"])} if info.get("error") else {}
-        episode.turns.append(Turn(observation=observation, completion=generation.text,
-                                  prompt_ids=list(generation.prompt_ids),
-                                  completion_ids=list(generation.completion_ids),
-                                  old_logprobs=list(generation.logprobs), reward=float(reward),
-                                  feedback=str(info.get("feedback", "")), verdict=str(info.get("verdict", "")),
-                                  hint=str(info.get("hint") or ""), info=turn_info))
+    def respond(self, episodes: Sequence[Episode], observations: Sequence[str],
+                sampling: Callable[[], Any]) -> list[str | None]:
+        """The policy's next turn for each episode answering its observation: formats the conversations, ends
+        (truncates) those whose prompt is over the context guard, generates for the rest in one call and appends
+        their new :class:`Turn` (tokens and sampler log-probs; the outcome comes with :meth:`record`). Returns each
+        episode's completion text, ``None`` for one the guard ended."""
+        prompts: list[str] = []
+        playing: list[int] = []
+        for i, (episode, observation) in enumerate(zip(episodes, observations, strict=True)):
+            prompt = self.backend.apply_chat_template(episode.messages(observation))
+            if episode.turns and self.count_tokens(prompt) > self.limits.max_context_tokens:
+                episode.truncated = True
+                episode.info["stopped"] = "max_context"
+                continue
+            prompts.append(prompt)
+            playing.append(i)
+        texts: list[str | None] = [None] * len(episodes)
+        if not playing:
+            return texts
+        for i, generation in zip(playing, self.backend.generate(prompts, sampling()), strict=True):
+            episodes[i].turns.append(Turn(observation=observations[i], completion=generation.text,
+                                          prompt_ids=list(generation.prompt_ids),
+                                          completion_ids=list(generation.completion_ids),
+                                          old_logprobs=list(generation.logprobs)))
+            texts[i] = generation.text
+        return texts
+
+    def record(self, episode: Episode, observation: str, reward: float, terminated: bool, truncated: bool,
+               info: Mapping[str, Any]) -> str:
+        """Attach the env's answer to the episode's last turn (reward, feedback, verdict, hint, error) and end the
+        episode when the env did or the turn guard is reached. Returns the next observation ("" once done)."""
+        turn = episode.turns[-1]
+        turn.reward = float(reward)
+        turn.feedback = str(info.get("feedback", ""))
+        turn.verdict = str(info.get("verdict", ""))
+        turn.hint = str(info.get("hint") or "")
+        if info.get("error"):  # why the env could not score it (a broken reward function, a judge crash)
+            turn.info["error"] = str(info["error"])
         episode.terminated, episode.truncated = bool(terminated), bool(truncated)
         if not episode.done and len(episode.turns) >= self.limits.max_turns:
             episode.truncated = True
             episode.info["stopped"] = "max_turns"
         # A terminated TextEnv's observation is its feedback: it is never shown (the episode is over anyway).
-        pending[index] = "" if episode.done else str(obs)
+        return "" if episode.done else str(observation)

@@ -1,9 +1,18 @@
 """FSTAgent: an LLM policy with slow weights (LoRA, CISPO) and fast weights (a context population).
 
-Driven by an ordinary RL loop::
+The algorithm in parts (what :mod:`fst_env.loop` calls, one update at a time)::
+
+    episodes = agent.collect(problem_ids)    # G episodes per problem, contexts drawn from the population (G/K each)
+    metrics = agent.slow_step(episodes)      # CISPO on every turn's tokens, one advantage per episode
+    if agent.fast_due(update):               # every T updates
+        metrics |= agent.fast_round()        # re-score the population, propose children from whole episodes
+
+An episode (:mod:`fst_env.agents.episodes`) is every turn of one context's play of one problem; a single-turn
+task gives one-turn episodes. The same agent is driven by a plain Gymnasium loop through a thin layer over
+these parts, where each act/observe pair is a one-turn episode::
 
     obs, infos = envs.reset(options={"problem_id": k})      # G copies of one problem
-    actions = agent.act(obs, infos)                          # contexts drawn from the population, G/K each
+    actions = agent.act(obs, infos)
     _, rewards, _, _, infos = envs.step(actions)
     agent.observe(rewards, infos)                            # reward + feedback per rollout
     metrics = agent.update()                                 # slow step when the batch is full; fast round every T
@@ -32,14 +41,15 @@ import numpy as np
 import torch
 
 from fst_env.agents.demonstrations import DemonstrationFastLearner
+from fst_env.agents.episodes import RETURN_RULES, EnvPool, Episode, EpisodeLimits, EpisodeRunner, EpisodeStart
 from fst_env.agents.fast import EvidenceAcceptance, NotesFastLearner, ReflectiveFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
 from fst_env.agents.rollout import Rollout
-from fst_env.agents.slow import LOSSES, LoraSettings, SlowLearner
+from fst_env.agents.slow import LOSSES, LoraSettings, SlowLearner, measure_drift
 from fst_env.backends import BACKENDS, make_backend
 from fst_env.backends.base import SamplingParams
-from fst_env.context import Context, render_context
+from fst_env.context import Context
 from fst_env.models import Policy, atomic_directory
 
 DEFAULT_SEED_CONTEXT: Context = {
@@ -65,6 +75,9 @@ class FSTConfig:
     proposals_per_round: int = 2
     minibatch_size: int = 3
     max_new_tokens: int = 192
+    max_turns: int = 8  # an episode is truncated after this many policy turns
+    max_context_tokens: int = 2048  # ... or before a turn whose prompt (the conversation so far) is longer
+    return_rule: str = "sum"  # an episode's return: its per-turn rewards summed, or "last"
     temperature: float = 1.0
     top_p: float = 1.0
     loss: str = "cispo"
@@ -89,7 +102,7 @@ class FSTConfig:
             raise ValueError("FSTConfig: at least one of slow / fast must be on")
         for name in ("group_size", "groups_per_step", "fast_every", "population_size", "fast_problems",
                      "fast_budget", "proposals_per_round", "minibatch_size", "max_new_tokens", "lora_rank",
-                     "micro_batch_size"):
+                     "micro_batch_size", "max_turns", "max_context_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FSTConfig.{name} must be an int >= 1, got {value!r}")
@@ -103,6 +116,9 @@ class FSTConfig:
         _check_number("lora_alpha", self.lora_alpha, "> 0", lambda v: v > 0)
         if self.lr is not None:
             _check_number("lr", self.lr, "> 0, or unset for the default", lambda v: v > 0)
+        if self.return_rule not in RETURN_RULES:
+            raise ValueError(f"FSTConfig.return_rule must be one of {', '.join(RETURN_RULES)}; "
+                             f"got {self.return_rule!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"FSTConfig.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.fast_learner not in ("reflective", "notes", "demonstrations"):
@@ -162,6 +178,11 @@ def _check_backend(name: Any, kwargs: Any) -> None:
         raise ValueError(f"FSTConfig.backend_kwargs: backend {name!r} needs {', '.join(missing)}")
 
 
+#: The agent's budget counters (a checkpoint restores them; one from an older version lacks some: they start at 0).
+_COUNTERS: dict[str, float] = {"update": 0, "slow_steps": 0, "fast_rounds": 0, "rl_samples": 0, "rl_turns": 0,
+                               "fast_rollouts": 0, "reflection_calls": 0, "skipped_steps": 0, "wall_time_s": 0.0}
+
+
 class FSTAgent:
     """Holds the policy, the context population and both learners; see the module docstring for the loop."""
 
@@ -176,7 +197,7 @@ class FSTAgent:
         self.slow = SlowLearner(policy, lora=None if c.full_finetune else LoraSettings(rank=c.lora_rank,
                                 alpha=c.lora_alpha), lr=c.lr, loss=c.loss, tau=c.tau, kl_coef=c.kl_coef,
                                 micro_batch_size=c.micro_batch_size, temperature=c.temperature or 1.0,
-                                seed=c.seed) if c.slow else None
+                                seed=c.seed, return_rule=c.return_rule) if c.slow else None
         self.backend = make_backend(c.backend, policy, **c.backend_kwargs)
         if self.slow is not None and not getattr(self.backend, "trainable", True):
             raise ValueError(f"FSTConfig.backend: {c.backend!r} serves frozen weights; the slow channel needs a "
@@ -201,131 +222,185 @@ class FSTAgent:
                 self.fast = ReflectiveFastLearner(lm, minibatch_size=c.minibatch_size,
                                                   proposals_per_round=c.proposals_per_round,
                                                   budget_metric_calls=c.fast_budget, seed=c.seed, **evidence)
+        self.envs = EnvPool()  # plain envs episodes are played on, made once per (task, kwargs)
+        self.runner = EpisodeRunner(self.backend, EpisodeLimits(c.max_turns, c.max_context_tokens),
+                                    self._count_tokens, lambda obs, info: self._group_key(obs, info))
         self.set_task(env_id, **dict(env_kwargs or {}))
-        self.pending: list[Rollout] = []   # acted on, not yet observed
-        self.batch: list[Rollout] = []     # observed, waiting for the next slow step
-        self.recent: deque[Rollout] = deque(maxlen=4 * c.group_size * c.groups_per_step * c.fast_every)
-        self.counters = {"update": 0, "slow_steps": 0, "fast_rounds": 0, "rl_samples": 0, "fast_rollouts": 0,
-                         "reflection_calls": 0, "skipped_steps": 0, "wall_time_s": 0.0}
+        self.pending: list[Episode] = []   # acted on, not yet observed (the act/observe layer)
+        self.batch: list[Episode] = []     # observed, waiting for the next update (the act/observe layer)
+        self.recent: deque[Episode] = deque(maxlen=4 * c.group_size * c.groups_per_step * c.fast_every)
+        self.counters = dict(_COUNTERS)
 
     # ------------------------------------------------------------------ tasks and prompts
     def set_task(self, env_id: str, **env_kwargs: Any) -> None:
         """Train on ``env_id`` from now on (continual learning hands the same agent from task to task)."""
         self.env_id, self.env_kwargs = env_id, env_kwargs
-        self._eval_envs: dict[tuple[str, str], gym.Env] = {}
 
     def prompt_for(self, observation: str, context: Context) -> str:
-        """The chat-formatted prompt: the context as the system message, the observation as the user's."""
-        system = render_context(context)
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": observation}]
-        return self.backend.apply_chat_template(messages)
+        """The chat-formatted prompt of a first turn: the context as the system message, the observation as the
+        user's (the one-turn case of :meth:`Episode.messages`)."""
+        return self.backend.apply_chat_template(Episode("", -1, dict(context)).messages(observation))
 
     def sampling(self) -> SamplingParams:
+        """Training sampling parameters, with a fresh seed drawn from the agent's RNG (one per generate call)."""
         c = self.config
         return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
                               seed=self.rng.randrange(2**31))
 
-    # ------------------------------------------------------------------ the RL loop API
+    # ------------------------------------------------------------------ the algorithm's parts
+    def collect(self, problem_ids: Sequence[int]) -> list[Episode]:
+        """Play ``group_size`` episodes of each problem of the current task (train split unless the task's kwargs
+        say otherwise), contexts drawn from the population (G/K each), all episodes' turns generated together.
+
+        Returns the episodes (those of one problem form one group); they are also kept for the next fast round.
+        """
+        c = self.config
+        ids = list(dict.fromkeys(int(p) for p in problem_ids))
+        envs = self.envs.take(self.env_id, c.group_size * len(ids), **self.env_kwargs)
+        starts: list[EpisodeStart] = []
+        for n, problem_id in enumerate(ids):
+            contexts = self._assign_contexts(c.group_size)
+            starts += [EpisodeStart(envs[n * c.group_size + j], {"problem_id": problem_id}, cid,
+                                    self.population.context(cid)) for j, cid in enumerate(contexts)]
+        start = time.perf_counter()
+        episodes = self.runner.play(starts, self.sampling)
+        # Wall time covers generation and env steps too, not only the update; evaluation is not training time.
+        self.counters["wall_time_s"] += time.perf_counter() - start
+        self._seen(episodes)
+        return episodes
+
+    def slow_step(self, episodes: Sequence[Episode]) -> dict[str, Any]:
+        """One update's slow step on these episodes (skipped when the slow channel is off) and the rollout
+        metrics; counts the update. Returns ``rollout/*``, ``slow/*``, ``budget/*`` and ``population/size``."""
+        start = time.perf_counter()
+        self.counters["update"] += 1
+        rule = self.config.return_rule
+        turns = [t for e in episodes for t in e.turns]
+        metrics: dict[str, Any] = {
+            "rollout/reward_mean": float(np.mean([e.episode_return(rule) for e in episodes])),
+            "rollout/correct_frac": float(np.mean([e.verdict == "correct" for e in episodes])),
+            # Turns the env could not score: a broken judge or reward function shows here.
+            "rollout/error_rate": float(np.mean([t.verdict == "error" for t in turns])) if turns else 0.0,
+            "rollout/timeout_rate": float(np.mean([t.verdict == "timeout" for t in turns])) if turns else 0.0,
+            "rollout/turns_mean": float(np.mean([len(e.turns) for e in episodes])),
+            "rollout/truncated_frac": float(np.mean([e.truncated for e in episodes]))}
+        if self.slow is not None:
+            slow_metrics = self.slow.step(list(episodes))
+            metrics.update({f"slow/{k}": v for k, v in slow_metrics.items()})
+            # A step with nothing to train on (every group zero-variance) is counted apart from the ones that trained.
+            name = "skipped_steps" if bool(slow_metrics.get("skipped", 0)) else "slow_steps"
+            self.counters[name] += 1
+            self.backend.update_weights()  # a backend with its own copy of the weights (vLLM) syncs; HF: no-op
+        self.counters["wall_time_s"] += time.perf_counter() - start
+        metrics.update(self.budget())
+        return metrics
+
+    def fast_round(self) -> dict[str, Any]:
+        """One fast round: the fast learner re-scores the population under the current weights and proposes
+        children from the recent episodes (whole transcripts with every turn's feedback). Returns the round's
+        metrics (unprefixed; empty when the fast channel is off)."""
+        if self.fast is None:
+            return {}
+        start = time.perf_counter()
+        c = self.config
+        keys = list(dict.fromkeys(e.group for e in reversed(self.recent)))[: c.fast_problems]
+        recent = [e.as_rollout(c.return_rule) for e in self.recent]
+        round_metrics = self.fast.round(self.population, self._evaluate, recent, keys)
+        self.counters["fast_rounds"] += 1
+        self.counters["fast_rollouts"] += int(round_metrics.get("metric_calls", 0))
+        self.counters["reflection_calls"] += int(round_metrics.get("reflection_calls", 0))
+        self.counters["wall_time_s"] += time.perf_counter() - start
+        return dict(round_metrics)
+
+    def fast_due(self, update: int) -> bool:
+        """True when update number ``update`` (1-based) ends with a fast round: every ``fast_every`` updates."""
+        return self.fast is not None and update % self.config.fast_every == 0
+
+    def budget(self) -> dict[str, Any]:
+        """The budget counters as ``budget/*`` metrics, plus ``population/size``."""
+        return {**{f"budget/{k}": v for k, v in self.counters.items()}, "population/size": len(self.population)}
+
+    # ------------------------------------------------------------------ act / observe / update: the README loop
     def act(self, observations: Sequence[str], infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
             ) -> list[str]:
-        """Completions for a batch of observations; rollouts sharing a problem form one group."""
+        """Completions for a batch of observations (a vector env's); rollouts sharing a problem form one group.
+
+        Each act/observe pair is a one-turn episode of the same code as :meth:`collect`'s; a multi-turn env
+        trains on whole episodes through :meth:`collect` (what :func:`fst_env.train` does).
+        """
         if self.pending:
             raise RuntimeError("FSTAgent.act: the previous actions were not observed; call observe() first")
         groups = [self._group_key(obs, _info_at(infos, i)) for i, obs in enumerate(observations)]
         context_ids: list[int] = [0] * len(groups)
         for group in dict.fromkeys(groups):
             members = [i for i, g in enumerate(groups) if g == group]
-            assigned = self.population.assign_group(len(members), self.rng)
-            self.rng.shuffle(assigned)
-            for i, cid in zip(members, assigned, strict=True):
+            for i, cid in zip(members, self._assign_contexts(len(members)), strict=True):
                 context_ids[i] = cid
+        episodes = [Episode(group=g, context_id=cid, context=dict(self.population.context(cid)))
+                    for g, cid in zip(groups, context_ids, strict=True)]
         start = time.perf_counter()
-        rollouts = self._generate(list(observations), groups, context_ids)
-        # Wall time covers generation too (act), not only the update; evaluation is not training time.
+        texts = self.runner.respond(episodes, [str(o) for o in observations], self.sampling)
         self.counters["wall_time_s"] += time.perf_counter() - start
-        self.pending = rollouts
-        self.counters["rl_samples"] += len(rollouts)
-        return [r.completion for r in rollouts]
+        self.pending = episodes
+        return [str(t) for t in texts]
 
     def observe(self, rewards: Sequence[float], infos: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
-        """Attach each rollout's reward, feedback and verdict (from ``env.step``) to what :meth:`act` produced."""
+        """Attach each rollout's reward, feedback, verdict and hint (from ``env.step``) to what :meth:`act` made."""
         if len(rewards) != len(self.pending):
             raise ValueError(f"FSTAgent.observe: {len(rewards)} rewards for {len(self.pending)} pending actions")
-        for i, rollout in enumerate(self.pending):
-            info = _info_at(infos, i)
-            rollout.reward = float(rewards[i])
-            rollout.feedback = str(info.get("feedback", ""))
-            rollout.verdict = str(info.get("verdict", ""))
-            if info.get("hint"):  # the answer-free channel the fast learners prefer over the feedback
-                rollout.info["hint"] = str(info["hint"])
-            if info.get("error"):  # why the env could not score it (a broken reward function, a judge crash)
-                rollout.info["error"] = str(info["error"])
+        for i, episode in enumerate(self.pending):
+            self.runner.record(episode, "", float(rewards[i]), True, False, _info_at(infos, i))
         self.batch.extend(self.pending)
-        self.recent.extend(self.pending)
+        self._seen(self.pending)
         self.pending = []
 
     def update(self) -> dict[str, Any]:
-        """A slow step once ``groups_per_step`` groups are observed, and a fast round every ``fast_every`` updates.
+        """Once ``groups_per_step`` groups are observed: :meth:`slow_step`, then :meth:`fast_round` when due.
 
-        Returns the metrics of what ran (empty when the batch is not full yet).
+        Returns the metrics of what ran (empty when the batch is not full yet); fast-round keys are ``fast/*``.
         """
-        c = self.config
-        if len({r.group for r in self.batch}) < c.groups_per_step:
+        if len({e.group for e in self.batch}) < self.config.groups_per_step:
             return {}
-        start = time.perf_counter()
         batch, self.batch = self.batch, []
-        self.counters["update"] += 1
-        metrics: dict[str, Any] = {"rollout/reward_mean": float(np.mean([r.reward for r in batch])),
-                                   "rollout/correct_frac": float(np.mean([r.verdict == "correct" for r in batch])),
-                                   # Rollouts the env could not score: a broken judge or reward function shows here.
-                                   "rollout/error_rate": float(np.mean([r.verdict == "error" for r in batch])),
-                                   "rollout/timeout_rate": float(np.mean([r.verdict == "timeout" for r in batch]))}
-        if self.slow is not None:
-            slow_metrics = self.slow.step(batch)
-            metrics.update({f"slow/{k}": v for k, v in slow_metrics.items()})
-            # A step with nothing to train on (every group zero-variance) is counted apart from the ones that trained.
-            skipped = bool(slow_metrics.get("skipped", 0))
-            name = "skipped_steps" if skipped else "slow_steps"
-            self.counters[name] = self.counters.get(name, 0) + 1  # .get: a checkpoint from before this counter
-            self.backend.update_weights()  # a backend with its own copy of the weights (vLLM) syncs; HF: no-op
-        if self.fast is not None and self.counters["update"] % c.fast_every == 0:
-            keys = list(dict.fromkeys(r.group for r in reversed(self.recent)))[: c.fast_problems]
-            round_metrics = self.fast.round(self.population, self._evaluate, list(self.recent), keys)
-            self.counters["fast_rounds"] += 1
-            self.counters["fast_rollouts"] += int(round_metrics.get("metric_calls", 0))
-            self.counters["reflection_calls"] += int(round_metrics.get("reflection_calls", 0))
-            metrics.update({f"fast/{k}": v for k, v in round_metrics.items()})
-        self.counters["wall_time_s"] += time.perf_counter() - start
-        metrics.update({f"budget/{k}": v for k, v in self.counters.items()})
-        metrics["population/size"] = len(self.population)
+        metrics = self.slow_step(batch)
+        if self.fast_due(self.counters["update"]):
+            metrics.update({f"fast/{k}": v for k, v in self.fast_round().items()})
+            metrics.update(self.budget())
         return metrics
 
     # ------------------------------------------------------------------ generation and evaluation
-    def _generate(self, observations: list[str], groups: list[str], context_ids: list[int]) -> list[Rollout]:
-        contexts = [self.population.context(cid) for cid in context_ids]
-        prompts = [self.prompt_for(obs, ctx) for obs, ctx in zip(observations, contexts, strict=True)]
-        generations = self.backend.generate(prompts, self.sampling())
-        return [Rollout(group=g, problem=obs, context_id=cid, context=dict(ctx), completion=gen.text,
-                        prompt_ids=list(gen.prompt_ids), completion_ids=list(gen.completion_ids),
-                        old_logprobs=list(gen.logprobs))
-                for g, obs, cid, ctx, gen in zip(groups, observations, context_ids, contexts, generations, strict=True)]
+    def _assign_contexts(self, n: int) -> list[int]:
+        """Context ids for ``n`` rollouts of one problem: the population's G/K split, in a random order."""
+        assigned = self.population.assign_group(n, self.rng)
+        self.rng.shuffle(assigned)
+        return assigned
+
+    def _seen(self, episodes: Sequence[Episode]) -> None:
+        """Count played episodes and keep them for the next fast round."""
+        self.counters["rl_samples"] += len(episodes)
+        self.counters["rl_turns"] += sum(len(e.turns) for e in episodes)
+        self.recent.extend(episodes)
+
+    def _count_tokens(self, prompt: str) -> int:
+        return len(self.policy.tokenizer(prompt, add_special_tokens=False).input_ids)
 
     def _evaluate(self, context: Context, problem_keys: list[str]) -> list[Rollout]:
-        """Fast-round evaluation: the current policy with ``context`` on each problem key (one rollout each)."""
-        observations = [self._problem_env(key)[0].reset(options={"problem_id": self._problem_env(key)[1]})[0]
-                        for key in problem_keys]
-        prompts = [self.prompt_for(obs, context) for obs in observations]
-        rollouts = []
-        for key, obs, gen in zip(problem_keys, observations, self.backend.generate(prompts, self.sampling()),
-                                 strict=True):
-            env, problem_id = self._problem_env(key)
-            env.reset(options={"problem_id": problem_id})
-            _, reward, _, _, info = env.step(gen.text)
-            rollouts.append(Rollout(group=key, problem=obs, context_id=-1, context=dict(context),
-                                    completion=gen.text, reward=float(reward), feedback=info["feedback"],
-                                    verdict=info["verdict"], info={"hint": str(info.get("hint") or "")}))
-        return rollouts
+        """Fast-round evaluation: the current policy with ``context``, one whole episode per problem key."""
+        wanted: dict[tuple[str, str], int] = {}
+        for key in problem_keys:
+            env_id, split, _ = key.rsplit("/", 2)
+            wanted[(env_id, split)] = wanted.get((env_id, split), 0) + 1
+        pools = {(env_id, split): iter(self.envs.take(env_id, n, **{**self._kwargs_for(env_id), "split": split}))
+                 for (env_id, split), n in wanted.items()}
+        starts = []
+        for key in problem_keys:
+            env_id, split, problem_id = key.rsplit("/", 2)
+            starts.append(EpisodeStart(next(pools[(env_id, split)]), {"problem_id": int(problem_id)}, -1,
+                                       dict(context), group=key))
+        return [e.as_rollout(self.config.return_rule) for e in self.runner.play(starts, self.sampling)]
+
+    def _kwargs_for(self, env_id: str) -> dict[str, Any]:
+        return dict(self.env_kwargs) if env_id == self.env_id else {}
 
     def evaluate(self, env_id: str | None = None, *, split: str = "validation", problems: int = 16, k: int = 1,
                  context: Context | None = None, greedy: bool = False, confidence: float = 0.95,
@@ -380,12 +455,33 @@ class FSTAgent:
         return {**scored, "reward_mean": float(np.mean(rewards)), "problems": problems, "greedy": greedy,
                 "confidence": confidence}
 
-    def _problem_env(self, key: str) -> tuple[gym.Env, int]:
-        env_id, split, problem_id = key.rsplit("/", 2)
-        if (env_id, split) not in self._eval_envs:
-            kwargs = self.env_kwargs if env_id == self.env_id else {}
-            self._eval_envs[(env_id, split)] = gym.make(env_id, split=split, **kwargs)
-        return self._eval_envs[(env_id, split)], int(problem_id)
+    def kl_drift(self, prompts: Sequence[str], *, max_new_tokens: int = 128, samples: int = 1,
+                 context: Context | None = None, seed: int = 0, micro_batch_size: int = 8) -> dict[str, float]:
+        """KL(policy || base) and entropy per token on completions sampled for ``prompts`` (env observations,
+        wrapped with ``context``: ``None`` the best context, ``{}`` none), ``samples`` each at the training
+        temperature (1.0 when it is 0) with no top-p, so the visited positions are samples of the policy.
+
+        The measurement is the slow learner's :meth:`~fst_env.agents.slow.SlowLearner.drift` (exact KL over the
+        vocabulary against the adapter-disabled module or the frozen reference, no second copy with LoRA); with
+        the slow channel off nothing is trained and the KL is exactly 0. See :func:`fst_env.agents.slow.
+        measure_drift` for the keys.
+        """
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("policy_kl_and_entropy: prompts must be a non-empty list of str")
+        if samples < 1 or micro_batch_size < 1:
+            raise ValueError(f"policy_kl_and_entropy: samples and micro_batch_size must be >= 1, "
+                             f"got {samples} and {micro_batch_size}")
+        context = self.population.best().context if context is None else context
+        temperature = float(self.config.temperature) or 1.0
+        chat = [self.prompt_for(str(p), context) for p in prompts for _ in range(samples)]
+        generations = self.backend.generate(chat, SamplingParams(max_new_tokens=max_new_tokens,
+                                                                 temperature=temperature, seed=seed))
+        if self.slow is not None:
+            return self.slow.drift(generations, micro_batch_size=micro_batch_size)
+        pad = self.policy.tokenizer.pad_token_id
+        return measure_drift(self.policy.model, generations, base=None, temperature=temperature,
+                             pad_id=pad if pad is not None else 0, device=self.policy.device,
+                             micro_batch_size=micro_batch_size)
 
     def _group_key(self, observation: str, info: Mapping[str, Any]) -> str:
         if info.get("problem_id") is not None:
@@ -404,30 +500,38 @@ class FSTAgent:
             state = {"config": asdict(self.config), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
                      "counters": self.counters, "population": self.population.state_dict(),
                      "fast": self.fast.state_dict() if self.fast is not None else None,
-                     "rng": _rng_to_json(self.rng.getstate()), "batch": [asdict(r) for r in self.batch],
-                     "recent": [asdict(r) for r in self.recent]}
+                     "rng": _rng_to_json(self.rng.getstate()), "batch": [e.to_dict() for e in self.batch],
+                     "recent": [e.to_dict() for e in self.recent]}
             (tmp / "agent.json").write_text(json.dumps(state))
             torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
 
         return atomic_directory(directory, write)
 
     def load(self, directory: str | Path) -> None:
-        """Restore what :meth:`save` wrote; the next update is the one the saved run would have made."""
+        """Restore what :meth:`save` wrote; the next update is the one the saved run would have made.
+
+        A checkpoint from before episodes (rollout records, fewer counters) loads too: a rollout is a one-turn
+        episode and a missing counter starts at 0.
+        """
         directory = Path(directory)
         state = json.loads((directory / "agent.json").read_text())
         if self.slow is not None:
             self.slow.load(directory / "slow")
             self.backend.update_weights()
         self.set_task(state["env_id"], **state["env_kwargs"])
-        self.counters = state["counters"]
+        self.counters = {**_COUNTERS, **state["counters"]}
         self.population.load_state_dict(state["population"])
         if self.fast is not None and state["fast"] is not None:
             self.fast.load_state_dict(state["fast"])
         self.rng.setstate(_rng_from_json(state["rng"]))
-        self.batch = [Rollout(**r) for r in state["batch"]]
+        self.batch = [Episode.from_dict(e) for e in state["batch"]]
         self.recent.clear()
-        self.recent.extend(Rollout(**r) for r in state["recent"])
+        self.recent.extend(Episode.from_dict(e) for e in state["recent"])
         torch.set_rng_state(torch.load(directory / "torch_rng.pt", weights_only=True))
+
+    def close(self) -> None:
+        """Close the envs episodes were played on (a finished stage or run)."""
+        self.envs.close()
 
 
 class RLAgent(FSTAgent):

@@ -6,6 +6,10 @@ are averaged per sequence, then over sequences. The importance weight is capped 
 gradient (unlike PPO clipping). ``A`` is normalised once per group (problem) across all of its rollouts,
 whichever context each used; groups whose rewards are all equal carry no signal and are dropped.
 
+What is trained is an episode (:class:`~fst_env.agents.episodes.Episode`): every turn's completion tokens under
+that turn's exact prompt, with one advantage per episode from its return (see :meth:`SlowLearner.step`). A
+single-turn rollout is the one-turn episode of the same code.
+
 Log-probs everywhere here are ``log_softmax(logits / temperature)`` in float32, the quantity the generation
 backends return (:mod:`fst_env.backends.base`); give the learner the sampling temperature and the first
 step's ratio is 1 up to float numerics.
@@ -20,11 +24,12 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from safetensors.torch import load_file, load_model, save_model
 
+from fst_env.agents.episodes import RETURN_RULES, Episode
 from fst_env.agents.rollout import Rollout
 from fst_env.backends.hf import core_model
 from fst_env.models import Policy, atomic_directory, seeded
@@ -41,21 +46,31 @@ def _sequence_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
+def _reduce(token_values: torch.Tensor, mask: torch.Tensor, row_weights: torch.Tensor | None) -> torch.Tensor:
+    """Sequence mean then batch mean (``row_weights`` None), or ``sum_b row_weights[b] * sum_t value[b, t]``:
+    the slow learner's weights make that the mean over episodes of each episode's token mean."""
+    if row_weights is None:
+        return _sequence_mean(token_values, mask).mean()
+    return ((token_values * mask).sum(-1) * row_weights).sum()
+
+
 def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-               mask: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+               mask: torch.Tensor, tau: float = 4.0, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """CISPO: ``-sg(min(rho, tau)) * A * logprobs`` per token, averaged per sequence, then over sequences.
 
     Shapes: ``logprobs``, ``old_logprobs``, ``mask``: [B, T]; ``advantages``: [B]. ``rho`` is computed from
-    detached log-probs, so the gradient is ``-min(rho, tau) * A * grad log pi`` for every token.
+    detached log-probs, so the gradient is ``-min(rho, tau) * A * grad log pi`` for every token. ``row_weights``
+    [B] replaces the two means by a weighted token sum (see :func:`_reduce`).
     """
     mask = mask.to(logprobs.dtype)
     weight = torch.exp(logprobs.detach() - old_logprobs).clamp(max=tau)
     token_loss = -weight * advantages[:, None] * logprobs
-    return _sequence_mean(token_loss, mask).mean()
+    return _reduce(token_loss, mask, row_weights)
 
 
 def grpo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                   mask: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.2) -> torch.Tensor:
+                   mask: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.2,
+                   row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """PPO/GRPO clipped surrogate ``-min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)``, sequence- then batch-mean.
 
     Tokens whose clipped term is the minimum get no gradient (the trust region CISPO avoids).
@@ -64,13 +79,14 @@ def grpo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     ratio = torch.exp(logprobs - old_logprobs)
     adv = advantages[:, None]
     token_loss = -torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
-    return _sequence_mean(token_loss, mask).mean()
+    return _reduce(token_loss, mask, row_weights)
 
 
-def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                   row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """On-policy REINFORCE with a baseline: ``-A * logprobs`` per token, sequence- then batch-mean."""
     mask = mask.to(logprobs.dtype)
-    return _sequence_mean(-advantages[:, None] * logprobs, mask).mean()
+    return _reduce(-advantages[:, None] * logprobs, mask, row_weights)
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -192,6 +208,87 @@ class TokenScores:
     entropy: list[list[float]] | None = None
 
 
+class Piece(Protocol):
+    """One (prompt, completion) token record the learner scores: a :class:`Rollout` or an episode's Turn."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    old_logprobs: list[float]
+
+
+# ------------------------------------------------------------------------------------------- KL drift
+def measure_drift(model: Any, pieces: Sequence[Any], *, base: Any, temperature: float = 1.0, pad_id: int = 0,
+                  device: torch.device | str = "cpu", micro_batch_size: int = 8) -> dict[str, float]:
+    """Per-token KL(current || base) and entropy of the current weights at every completion position of
+    ``pieces`` (anything with ``prompt_ids`` and ``completion_ids``: rollouts, turns, generations).
+
+    ``base`` is where the base distribution comes from: ``"adapter"`` (the same module with its PEFT adapter
+    disabled: no second copy), a module (full fine-tuning's frozen copy), or ``None`` (nothing trained: the
+    current weights are the base and the KL is exactly 0). Both distributions are ``log_softmax(logits /
+    temperature)`` over the whole vocabulary, as the learner scores tokens. Returns ``kl`` (the exact KL
+    ``sum_v p(v) (log p(v) - log q(v))`` averaged over positions; a position's float sum below 0 is clipped to 0),
+    ``kl_exact`` (1.0), ``kl_k3`` (mean of ``exp(d) - d - 1``, ``d = log q - log p`` on the sampled tokens),
+    ``kl_sampled`` (mean of ``-d``: the plain Monte-Carlo estimate, may be negative), ``entropy`` (mean exact
+    entropy, nats), ``n_tokens``, ``n_sequences`` and ``mean_length``; NaN figures when no piece has tokens.
+    """
+    sums = {"kl": 0.0, "k3": 0.0, "sampled": 0.0, "entropy": 0.0, "tokens": 0.0}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(pieces), micro_batch_size):
+            chunk = [p for p in pieces[start:start + micro_batch_size] if p.completion_ids]
+            if not chunk:
+                continue
+            batch = TokenBatch.collate([p.prompt_ids for p in chunk], [p.completion_ids for p in chunk], pad_id,
+                                       device)
+            current = _position_logprobs(model, batch, temperature)
+            if base == "adapter":
+                with model.disable_adapter():
+                    reference = _position_logprobs(model, batch, temperature)
+            elif base is not None:
+                reference = _position_logprobs(base, batch, temperature)
+            else:
+                reference = current
+            _accumulate(sums, current, reference, batch)
+    finally:
+        model.train(was_training)
+    tokens = sums["tokens"]
+    nan = float("nan")
+    return {"kl": sums["kl"] / tokens if tokens else nan, "kl_exact": 1.0,
+            "kl_k3": sums["k3"] / tokens if tokens else nan, "kl_sampled": sums["sampled"] / tokens if tokens else nan,
+            "entropy": sums["entropy"] / tokens if tokens else nan, "n_tokens": tokens,
+            "n_sequences": float(len(pieces)), "mean_length": tokens / len(pieces) if pieces else nan}
+
+
+def _position_logprobs(model: Any, batch: TokenBatch, temperature: float) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` over the vocabulary at every completion position, [B, C, V] float32
+    (the forward of :func:`token_logprobs`, keeping the whole distribution), no grad."""
+    length = batch.targets.shape[1]
+    with torch.no_grad():
+        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
+                                   logits_to_keep=length).logits.float()
+        return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+
+
+def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tensor, batch: TokenBatch) -> None:
+    """Add one micro-batch's masked position sums (float64: many small terms) to ``sums``."""
+    mask = batch.mask.double()
+    targets = batch.targets[..., None]
+    current_tokens = current.gather(-1, targets).squeeze(-1)
+    base_tokens = base.gather(-1, targets).squeeze(-1)
+    delta = (base_tokens.double() - current_tokens.double()) * mask
+    sums["sampled"] += float((-delta).sum())
+    sums["k3"] += float(((torch.exp(delta) - delta - 1) * mask).sum())
+    probs = current.exp()
+    # 0 * log 0 = 0: a token with probability exactly 0 (log-prob -inf) contributes nothing.
+    entropy = -torch.where(probs > 0, probs * current, 0.0).sum(-1)
+    sums["entropy"] += float((entropy.double() * mask).sum())
+    per_position = torch.where(probs > 0, probs * (current - base), 0.0).sum(-1).clamp(min=0.0)
+    sums["kl"] += float((per_position.double() * mask).sum())
+    sums["tokens"] += float(mask.sum())
+
+
 # ------------------------------------------------------------------------------------------------ learner
 @dataclass(frozen=True)
 class LoraSettings:
@@ -247,6 +344,7 @@ class _Settings:
     track_kl: bool
     seed: int
     autocast: bool = False
+    return_rule: str = "sum"
 
 
 class SlowLearner:
@@ -254,8 +352,9 @@ class SlowLearner:
 
     Construction wraps ``policy.model`` with a fresh PEFT LoRA adapter (``lora=None``: full fine-tuning)
     and sets ``policy.model`` to the wrapped module, so a backend built on the same policy samples from the
-    weights being trained. ``step(rollouts)`` needs each rollout's ``group``, ``reward``, ``prompt_ids`` and
-    ``completion_ids``, and ``old_logprobs`` from the sampler (empty = on-policy, ratio 1).
+    weights being trained. ``step(episodes)`` needs each episode's ``group`` and, on every turn, ``reward``,
+    ``prompt_ids``, ``completion_ids`` and ``old_logprobs`` from the sampler (empty = on-policy, ratio 1); a
+    :class:`Rollout` is taken as the one-turn episode.
 
     ``temperature`` must be the sampling temperature (1.0 for greedy-sampled data). ``kl_coef > 0`` adds
     ``kl_coef * k3-KL`` to the initial weights (with LoRA, the adapter-disabled model: no second copy; for
@@ -268,17 +367,21 @@ class SlowLearner:
     autocast with the LoRA weights, gradients and optimizer state kept in float32 (~2x faster forward + backward
     on CPUs with AVX512-BF16/AMX for a SmolLM2-shaped random-weight model). Off by default: the float32 learner
     stays the reference the importance ratio is measured against until its effect on trained runs is measured.
+    ``return_rule`` turns an episode's per-turn rewards into its return (``"sum"``, default, or ``"last"``).
     """
 
     def __init__(self, policy: Policy, *, lora: LoraSettings | None = DEFAULT_LORA, lr: float | None = None,
                  loss: LossName = "cispo", tau: float = 4.0, eps_low: float = 0.2,
                  eps_high: float = 0.2, kl_coef: float = 0.0, max_grad_norm: float | None = 1.0,
                  micro_batch_size: int = 8, temperature: float = 1.0, weight_decay: float = 0.0,
-                 track_kl: bool | None = None, seed: int = 0, autocast: bool = False) -> None:
+                 track_kl: bool | None = None, seed: int = 0, autocast: bool = False,
+                 return_rule: str = "sum") -> None:
         if loss not in LOSSES:
             raise ValueError(f"SlowLearner: loss must be one of {list(LOSSES)}, got {loss!r}")
         if lora is not None:
             lora.validate()
+        if return_rule not in RETURN_RULES:
+            raise ValueError(f"SlowLearner: return_rule must be one of {list(RETURN_RULES)}, got {return_rule!r}")
         checks = {"tau": tau > 0, "eps_low": 0 <= eps_low < 1, "eps_high": eps_high >= 0, "kl_coef": kl_coef >= 0,
                   "micro_batch_size": isinstance(micro_batch_size, int) and micro_batch_size >= 1,
                   "temperature": temperature > 0, "weight_decay": weight_decay >= 0,
@@ -299,7 +402,7 @@ class SlowLearner:
             eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef, max_grad_norm=max_grad_norm,
             micro_batch_size=micro_batch_size, temperature=temperature, weight_decay=weight_decay,
             track_kl=(lora is not None or kl_coef > 0) if track_kl is None else bool(track_kl) or kl_coef > 0,
-            seed=seed, autocast=bool(autocast))
+            seed=seed, autocast=bool(autocast), return_rule=return_rule)
         self._reference: Any = None
         if lora is not None:
             from peft import LoraConfig, get_peft_model
@@ -322,16 +425,15 @@ class SlowLearner:
         return self.policy.model
 
     # ------------------------------------------------------------------------------------------- scoring
-    def _batches(self, rollouts: Sequence[Rollout]) -> list[list[int]]:
-        """Indices of ``rollouts`` in micro-batches of similar total length (less padding)."""
-        order = sorted(range(len(rollouts)),
-                       key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
+    def _batches(self, pieces: Sequence[Piece]) -> list[list[int]]:
+        """Indices of ``pieces`` in micro-batches of similar total length (less padding)."""
+        order = sorted(range(len(pieces)), key=lambda i: len(pieces[i].prompt_ids) + len(pieces[i].completion_ids))
         size = self.settings.micro_batch_size
         return [order[i:i + size] for i in range(0, len(order), size)]
 
-    def _collate(self, rollouts: Sequence[Rollout]) -> TokenBatch:
+    def _collate(self, pieces: Sequence[Piece]) -> TokenBatch:
         pad = self.policy.tokenizer.pad_token_id
-        return TokenBatch.collate([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
+        return TokenBatch.collate([r.prompt_ids for r in pieces], [r.completion_ids for r in pieces],
                                   pad if pad is not None else 0, self.policy.device)
 
     def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor:
@@ -346,21 +448,22 @@ class SlowLearner:
                 return token_logprobs(self.model, batch, temperature=self.settings.temperature,
                                       autocast=self.settings.autocast)[0]
 
-    def score(self, rollouts: Sequence[Rollout], *, reference: bool = False,
+    def score(self, pieces: Sequence[Piece], *, reference: bool = False,
               with_entropy: bool = False) -> TokenScores:
-        """Per-token log-probs of each rollout's completion under the current weights (``reference=True``: the
-        initial weights), at the learner's temperature, plus entropies when ``with_entropy``. No gradient."""
-        _check_rollouts(rollouts)
+        """Per-token log-probs of each piece's completion (a Rollout, a Turn: anything with ``prompt_ids`` and
+        ``completion_ids``) under the current weights (``reference=True``: the initial weights), at the learner's
+        temperature, plus entropies when ``with_entropy``. No gradient."""
+        _check_pieces(pieces)
         if reference and with_entropy:
             raise ValueError("SlowLearner.score: with_entropy is for the current weights only")
-        logprobs: list[list[float]] = [[] for _ in rollouts]
-        entropy: list[list[float]] | None = [[] for _ in rollouts] if with_entropy else None
+        logprobs: list[list[float]] = [[] for _ in pieces]
+        entropy: list[list[float]] | None = [[] for _ in pieces] if with_entropy else None
         model = self.model
         was_training = model.training
         model.eval()
         try:
-            for indices in self._batches(rollouts):
-                chunk = [rollouts[i] for i in indices]
+            for indices in self._batches(pieces):
+                chunk = [pieces[i] for i in indices]
                 if not any(r.completion_ids for r in chunk):
                     continue
                 batch = self._collate(chunk)
@@ -372,7 +475,7 @@ class SlowLearner:
                                                      autocast=self.settings.autocast,
                                                      with_entropy=with_entropy)
                 for slot, i in enumerate(indices):
-                    n = len(rollouts[i].completion_ids)
+                    n = len(pieces[i].completion_ids)
                     logprobs[i] = values[slot, :n].tolist()
                     if entropy is not None and ent is not None:
                         entropy[i] = ent[slot, :n].tolist()
@@ -380,49 +483,80 @@ class SlowLearner:
             model.train(was_training)
         return TokenScores(logprobs=logprobs, entropy=entropy)
 
-    def reference_logprobs(self, rollouts: Sequence[Rollout]) -> list[list[float]]:
+    def reference_logprobs(self, pieces: Sequence[Piece]) -> list[list[float]]:
         """Per-token log-probs of each completion under the initial weights (for KL-drift metrics)."""
-        return self.score(rollouts, reference=True).logprobs
+        return self.score(pieces, reference=True).logprobs
 
-    def kl_to_reference(self, rollouts: Sequence[Rollout]) -> float:
-        """Token-mean k3 estimate of KL(current || initial) on these rollouts' completions."""
-        current = self.score(rollouts).logprobs
-        reference = self.reference_logprobs(rollouts)
-        total, count = 0.0, 0
-        for cur, ref in zip(current, reference, strict=True):
-            if cur:
-                total += float(kl_k3(torch.tensor(cur), torch.tensor(ref)).sum())
-                count += len(cur)
-        return total / count if count else float("nan")
+    # ------------------------------------------------------------------------------------------- drift
+    def drift(self, pieces: Sequence[Piece], *, micro_batch_size: int | None = None) -> dict[str, float]:
+        """KL(current || initial weights) and entropy per token on these pieces' completions: the one drift
+        measurement (:func:`measure_drift`) every KL figure of a run comes from (the agent's held-out drift,
+        :func:`fst_env.metrics.policy_kl_and_entropy`, :meth:`kl_to_reference`). The initial weights are the
+        adapter-disabled module with LoRA, the frozen copy for full fine-tuning (RuntimeError without one)."""
+        if self.settings.lora is None and self._reference is None:
+            raise RuntimeError("SlowLearner: no reference weights (full fine-tuning built with track_kl off)")
+        pad = self.policy.tokenizer.pad_token_id
+        return measure_drift(self.model, pieces, base=self._reference if self.settings.lora is None else "adapter",
+                             temperature=self.settings.temperature, pad_id=pad if pad is not None else 0,
+                             device=self.policy.device,
+                             micro_batch_size=micro_batch_size or self.settings.micro_batch_size)
+
+    def kl_to_reference(self, pieces: Sequence[Piece]) -> float:
+        """Token-mean k3 estimate of KL(current || initial) on these pieces' completions (:meth:`drift`'s k3)."""
+        _check_pieces(pieces)
+        if not any(p.completion_ids for p in pieces):
+            return float("nan")
+        return self.drift(pieces)["kl_k3"]
 
     # ---------------------------------------------------------------------------------------------- step
-    def step(self, rollouts: Sequence[Rollout]) -> dict[str, float]:
-        """One optimizer step on a batch of scored rollouts; returns metrics.
+    def step(self, episodes: Sequence[Episode | Rollout]) -> dict[str, float]:
+        """One optimizer step on a batch of scored episodes (a :class:`Rollout` is a one-turn episode); returns
+        metrics.
 
-        Advantages are normalised per group over all rollouts given; zero-variance groups and empty
-        completions are dropped. When nothing is left, no step is taken (``skipped = 1``, step counter
-        unchanged). Gradients are accumulated over micro-batches so the loss equals the full-batch mean over
-        sequences. Metric keys: loss (policy_loss + kl_penalty), policy_loss, kl_penalty, kl, entropy,
-        is_ratio_mean, is_ratio_max, is_capped_frac, ratio_mean / ratio_min / ratio_max (the importance ratio
-        learner / sampler, ``exp(logp_learner - logp_sampler)``, over trained tokens), logprob_diff_mean (token
-        mean of ``|logp_sampler - logp_learner|``: how far the sampler's numerics, e.g. a bf16 copy, drift from
-        the learner's), grad_norm, lr, step, skipped, n_rollouts, n_trained,
-        n_groups, n_zero_variance_groups, n_tokens, reward_mean, time_forward_s, time_backward_s,
-        time_optimizer_s, time_total_s. Token metrics are token-weighted means over trained tokens (kl NaN when
-        not tracked; token metrics NaN when the step was skipped).
+        The advantage rule: an episode's return is the sum of its per-turn rewards (``return_rule="sum"``, the
+        default; ``"last"``: its final turn's reward), normalised once per group (the episodes sharing a problem
+        key, across all contexts): one advantage per episode, shared by every turn of it. Zero-variance groups and
+        episodes without completion tokens are dropped; when nothing is left, no step is taken (``skipped = 1``,
+        step counter unchanged). Token losses are averaged over all of an episode's trained tokens (every turn
+        together), then over episodes: for one-turn episodes, the per-sequence then per-batch mean. Gradients are
+        accumulated over micro-batches of turns, so the loss equals the full-batch value.
+
+        Metric keys: loss (policy_loss + kl_penalty), policy_loss, kl_penalty, kl, entropy, is_ratio_mean,
+        is_ratio_max, is_capped_frac, ratio_mean / ratio_min / ratio_max (the importance ratio learner / sampler,
+        ``exp(logp_learner - logp_sampler)``, over trained tokens), logprob_diff_mean (token mean of ``|logp_sampler
+        - logp_learner|``: how far the sampler's numerics, e.g. a bf16 copy, drift from the learner's), grad_norm,
+        lr, step, skipped, n_rollouts (= n_episodes), n_episodes, n_turns, n_pieces (turns trained), n_trained
+        (episodes trained), n_groups, n_zero_variance_groups, n_tokens, reward_mean (mean return), time_forward_s,
+        time_backward_s, time_optimizer_s, time_total_s. Token metrics are token-weighted means over trained
+        tokens (kl NaN when not tracked; token metrics NaN when the step was skipped).
         """
         start = time.perf_counter()
-        _check_rollouts(rollouts)
-        if not rollouts:
+        episodes = _as_episodes(episodes)
+        if not episodes:
             raise ValueError("SlowLearner.step: no rollouts")
         settings = self.settings
-        groups = [r.group for r in rollouts]
-        advantages, kept, zero_variance = group_advantages([r.reward for r in rollouts], groups)
-        train = [i for i in range(len(rollouts)) if kept[i] and rollouts[i].completion_ids]
+        groups = [e.group for e in episodes]
+        returns = [e.episode_return(settings.return_rule) for e in episodes]
+        advantages, kept, zero_variance = group_advantages(returns, groups)
+        train = [i for i, e in enumerate(episodes) if kept[i] and any(t.completion_ids for t in e.turns)]
+        # Each trained turn is its own (prompt, completion) piece: the prompt ids the sampler conditioned on and
+        # the ids it sampled, with its log-probs. One sequence per episode with env tokens masked would need the
+        # re-rendered conversation to tokenize to exactly those ids, which chat templates do not promise
+        # (decode -> encode is not the identity; templates strip or rewrite earlier assistant turns), so the
+        # learner could train tokens the sampler never produced, under a prefix it never saw, against
+        # old_logprobs that belong to other tokens. Pieces keep the ratio pi / pi_old on identical tokens and
+        # contexts at the cost of re-reading each turn's prefix.
+        pieces = [(i, turn) for i in train for turn in episodes[i].turns if turn.completion_ids]
+        episode_tokens = {i: sum(len(t.completion_ids) for t in episodes[i].turns) for i in train}
+        # Weight 1 / (episodes * the episode's tokens): the weighted token sum is the mean over episodes of each
+        # episode's token mean, however its tokens are split into turns and micro-batches.
+        weights = torch.tensor([1.0 / (len(train) * episode_tokens[i]) for i, _ in pieces], dtype=torch.float32)
+        piece_advantages = advantages[[i for i, _ in pieces]] if pieces else advantages[:0]
         metrics: dict[str, float] = {
-            "n_rollouts": float(len(rollouts)), "n_trained": float(len(train)), "n_groups": float(len(set(groups))),
-            "n_zero_variance_groups": float(zero_variance), "reward_mean": float(sum(r.reward for r in rollouts)
-                                                                                  / len(rollouts)),
+            "n_rollouts": float(len(episodes)), "n_episodes": float(len(episodes)),
+            "n_turns": float(sum(len(e.turns) for e in episodes)), "n_pieces": float(len(pieces)),
+            "n_trained": float(len(train)), "n_groups": float(len(set(groups))),
+            "n_zero_variance_groups": float(zero_variance), "reward_mean": float(sum(returns) / len(returns)),
             "lr": settings.lr,
         }
         if not train:
@@ -442,35 +576,36 @@ class SlowLearner:
                 "logprob_diff": 0.0}
         ratio_max, ratio_min = 0.0, float("inf")
         forward_s = backward_s = 0.0
-        subset = [rollouts[i] for i in train]
+        turns = [turn for _, turn in pieces]
         try:
             self.optimizer.zero_grad(set_to_none=True)
-            for indices in self._batches(subset):
+            for indices in self._batches(turns):
                 tick = _clock(device)
-                chunk = [subset[i] for i in indices]
+                chunk = [turns[i] for i in indices]
                 batch = self._collate(chunk)
-                adv = advantages[[train[i] for i in indices]].to(batch.mask.device)
+                adv = piece_advantages[indices].to(batch.mask.device)
+                row_weights = weights[indices].to(batch.mask.device)
                 logprobs, entropy = token_logprobs(model, batch, temperature=settings.temperature,
                                                    autocast=settings.autocast,
                                                    with_entropy=True)
                 old = _old_logprobs(chunk, logprobs)
                 mask = batch.mask
                 if settings.loss == "cispo":
-                    policy_loss = cispo_loss(logprobs, old, adv, mask, tau=settings.tau)
+                    policy_loss = cispo_loss(logprobs, old, adv, mask, tau=settings.tau, row_weights=row_weights)
                 elif settings.loss == "grpo_clip":
-                    policy_loss = grpo_clip_loss(logprobs, old, adv, mask, settings.eps_low, settings.eps_high)
+                    policy_loss = grpo_clip_loss(logprobs, old, adv, mask, settings.eps_low, settings.eps_high,
+                                                 row_weights=row_weights)
                 else:
-                    policy_loss = reinforce_loss(logprobs, adv, mask)
-                # Each micro-batch mean is weighted by its share of sequences: the sum is the batch mean.
-                share = len(chunk) / len(subset)
-                loss = policy_loss * share
+                    policy_loss = reinforce_loss(logprobs, adv, mask, row_weights=row_weights)
+                loss = policy_loss  # already this micro-batch's share of the batch value (row weights)
                 if settings.track_kl:
+                    # The k3 estimate measure_drift reports, computed in-graph here because the penalty needs it.
                     token_kl = kl_k3(logprobs, self._reference_logprobs(batch))
-                    kl_loss = _sequence_mean(token_kl, mask).mean()
+                    kl_loss = _reduce(token_kl, mask, row_weights)
                     sums["kl"] += float((token_kl.detach() * mask).sum())
-                    sums["kl_loss"] += float(kl_loss.detach()) * share
+                    sums["kl_loss"] += float(kl_loss.detach())
                     if settings.kl_coef > 0:
-                        loss = loss + settings.kl_coef * kl_loss * share
+                        loss = loss + settings.kl_coef * kl_loss
                 with torch.no_grad():
                     # The importance weight is learner / sampler: old holds the sampler's own log-probs.
                     ratio = torch.exp(logprobs.detach() - old)
@@ -481,7 +616,7 @@ class SlowLearner:
                     sums["capped"] += float((_capped(ratio, adv, settings) * mask).sum())
                     sums["entropy"] += float((entropy * mask).sum()) if entropy is not None else 0.0
                     sums["tokens"] += float(mask.sum())
-                    sums["policy"] += float(policy_loss.detach()) * share
+                    sums["policy"] += float(policy_loss.detach())
                 now = _clock(device)
                 forward_s += now - tick
                 tick = now
@@ -603,25 +738,45 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _old_logprobs(chunk: Sequence[Rollout], current: torch.Tensor) -> torch.Tensor:
-    """Sampler log-probs padded to ``current``'s shape; a rollout without them is on-policy (current, detached)."""
+def _old_logprobs(chunk: Sequence[Piece], current: torch.Tensor) -> torch.Tensor:
+    """Sampler log-probs padded to ``current``'s shape; a piece without them is on-policy (current, detached)."""
     old = current.detach().clone()
-    for row, rollout in enumerate(chunk):
-        if rollout.old_logprobs:
-            old[row, :len(rollout.old_logprobs)] = torch.as_tensor(rollout.old_logprobs, dtype=old.dtype)
+    for row, piece in enumerate(chunk):
+        if piece.old_logprobs:
+            old[row, :len(piece.old_logprobs)] = torch.as_tensor(piece.old_logprobs, dtype=old.dtype)
     return old
 
 
-def _check_rollouts(rollouts: Sequence[Rollout]) -> None:
-    """Clear errors for records the learner cannot use (caller bugs, not model output)."""
-    for index, rollout in enumerate(rollouts):
-        if not isinstance(rollout, Rollout):
-            raise TypeError(f"SlowLearner: rollout {index} must be a Rollout, got {type(rollout).__name__}")
-        if not rollout.prompt_ids:
-            raise ValueError(f"SlowLearner: rollout {index} (group {rollout.group!r}) has no prompt_ids")
-        if rollout.old_logprobs and len(rollout.old_logprobs) != len(rollout.completion_ids):
-            raise ValueError(f"SlowLearner: rollout {index} (group {rollout.group!r}) has "
-                             f"{len(rollout.old_logprobs)} old_logprobs for {len(rollout.completion_ids)} tokens")
-        if not isinstance(rollout.reward, (int, float)) or not math.isfinite(rollout.reward):
-            raise ValueError(f"SlowLearner: rollout {index} (group {rollout.group!r}) has reward "
-                             f"{rollout.reward!r}; rewards must be finite numbers")
+def _check_pieces(pieces: Sequence[Piece]) -> None:
+    """Clear errors for token records the learner cannot score (caller bugs, not model output)."""
+    for index, piece in enumerate(pieces):
+        if not all(hasattr(piece, name) for name in ("prompt_ids", "completion_ids", "old_logprobs")):
+            raise TypeError(f"SlowLearner: piece {index} must be a Rollout or a Turn (prompt_ids, completion_ids, "
+                            f"old_logprobs), got {type(piece).__name__}")
+        if not piece.prompt_ids:
+            raise ValueError(f"SlowLearner: piece {index} has no prompt_ids")
+        if piece.old_logprobs and len(piece.old_logprobs) != len(piece.completion_ids):
+            raise ValueError(f"SlowLearner: piece {index} has {len(piece.old_logprobs)} old_logprobs for "
+                             f"{len(piece.completion_ids)} tokens")
+
+
+def _as_episodes(items: Sequence[Episode | Rollout]) -> list[Episode]:
+    """The step's input as episodes (a Rollout is the one-turn episode), with clear errors for caller bugs."""
+    episodes: list[Episode] = []
+    for index, item in enumerate(items):
+        if isinstance(item, Rollout):
+            item = Episode.from_rollout(item)
+        elif not isinstance(item, Episode):
+            raise TypeError(f"SlowLearner: rollout {index} must be a Rollout or an Episode, got {type(item).__name__}")
+        for k, turn in enumerate(item.turns, start=1):
+            where = f"rollout {index} (group {item.group!r}" + (f", turn {k})" if len(item.turns) > 1 else ")")
+            if not turn.prompt_ids:
+                raise ValueError(f"SlowLearner: {where} has no prompt_ids")
+            if turn.old_logprobs and len(turn.old_logprobs) != len(turn.completion_ids):
+                raise ValueError(f"SlowLearner: {where} has {len(turn.old_logprobs)} old_logprobs for "
+                                 f"{len(turn.completion_ids)} tokens")
+            if isinstance(turn.reward, bool) or not isinstance(turn.reward, (int, float)) \
+                    or not math.isfinite(turn.reward):
+                raise ValueError(f"SlowLearner: {where} has reward {turn.reward!r}; rewards must be finite numbers")
+        episodes.append(item)
+    return episodes

@@ -82,7 +82,8 @@ def test_contexts_are_mixed_within_a_group_and_advantage_is_per_problem():
     pending = agent.pending
     assert len({r.group for r in pending}) == 1
     assert sorted(r.context_id for r in pending) == sorted(agent.population.ids * 2)
-    assert all(r.prompt_ids and r.completion_ids and len(r.old_logprobs) == len(r.completion_ids) for r in pending)
+    turns = [r.turns[0] for r in pending]  # each act is the first turn of a one-turn episode
+    assert all(t.prompt_ids and t.completion_ids and len(t.old_logprobs) == len(t.completion_ids) for t in turns)
 
 
 def test_rl_and_prompt_agents_differ_in_one_channel():
