@@ -36,6 +36,7 @@ from fst_env.backends.openai import (
     chat_text,
     first_choice,
 )
+from fst_env.peft_utils import is_peft
 
 #: What the fast learner calls: reflection prompt in, reply text out.
 ReflectionLM = Callable[[str], str]
@@ -81,7 +82,7 @@ def from_transformers(model: Any, tokenizer: Any, max_new_tokens: int = 512, *, 
     """
     if max_new_tokens < 1:
         raise ValueError(f"from_transformers: max_new_tokens must be >= 1, got {max_new_tokens}")
-    is_peft = _is_peft_model(model)
+    peft_wrapped = is_peft(model)
 
     def reflect(prompt: str) -> str:
         import torch  # lazy: importing this module must stay cheap
@@ -109,7 +110,7 @@ def from_transformers(model: Any, tokenizer: Any, max_new_tokens: int = 512, *, 
         if getattr(tokenizer, "pad_token_id", None) is None and getattr(tokenizer, "eos_token_id", None) is not None:
             kwargs["pad_token_id"] = tokenizer.eos_token_id
         was_training = bool(getattr(model, "training", False))
-        adapter_off = model.disable_adapter() if (is_peft and disable_adapter) else contextlib.nullcontext()
+        adapter_off = model.disable_adapter() if (peft_wrapped and disable_adapter) else contextlib.nullcontext()
         try:
             model.eval()
             with adapter_off, torch.no_grad():
@@ -122,14 +123,6 @@ def from_transformers(model: Any, tokenizer: Any, max_new_tokens: int = 512, *, 
     # Greedy decoding answers a prompt the same way every time: the fast learner may skip repeating it.
     reflect.deterministic = not do_sample  # type: ignore[attr-defined]
     return reflect
-
-
-def _is_peft_model(model: Any) -> bool:
-    """True for a ``peft.PeftModel`` (checked without importing peft when it is not loaded)."""
-    import sys
-
-    peft = sys.modules.get("peft")
-    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI-compatible

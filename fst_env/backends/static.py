@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from fst_env.backends.base import Generation, Message, SamplingParams
 from fst_env.backends.hf import (
     _stop_hit,
-    core_model,
     encode_prompts,
     finished_generations,
     generate_in_chunks,
@@ -47,6 +46,7 @@ from fst_env.backends.hf import (
     stop_token_ids,
 )
 from fst_env.models import Policy, configure_threads, sampling_dtype
+from fst_env.peft_utils import core_model, is_peft
 
 #: Model types whose decoder layer is the Llama one (pre-norm RMSNorm, rotary GQA attention, SiLU-gated MLP).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -487,7 +487,7 @@ class StaticCacheBackend:
         model = self._model()
         params = tuple((id(p), p._version) for p in model.parameters())
         # A PEFT wrapper names its active adapters (a property there; a method on plain transformers models).
-        adapter = model.active_adapters if hasattr(model, "peft_config") else None
+        adapter = model.active_adapters if is_peft(model) else None
         # ``with model.disable_adapter():`` and merges flip per-layer flags without touching any parameter.
         layers = tuple((bool(getattr(m, "disable_adapters", False)), tuple(getattr(m, "merged_adapters", ())),
                         tuple(m.active_adapters)) for m in model.modules() if hasattr(m, "lora_A"))

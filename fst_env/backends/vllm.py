@@ -57,6 +57,7 @@ import torch
 
 from fst_env.backends.base import Generation, Message, SamplingParams
 from fst_env.models import Policy
+from fst_env.peft_utils import core_model, is_peft
 
 __all__ = ["CPU_KV_CACHE_BYTES", "VLLM_LORA_RANKS", "AdapterVersion", "VLLMBackend"]
 
@@ -125,7 +126,7 @@ class VLLMBackend:
         self.llm: Any = None
         try:
             if self.policy is not None:
-                self._tied = _tied_keys(_core(self.policy.model))
+                self._tied = _tied_keys(core_model(self.policy.model))
                 self.model_dir = self._base_checkpoint(self.policy)
                 self.tokenizer = self.policy.tokenizer
                 if dtype is None:
@@ -165,7 +166,7 @@ class VLLMBackend:
             elif on_cpu:
                 kwargs["enforce_eager"] = True
             self.llm = vllm.LLM(str(self.model_dir), **kwargs)
-            if self.enable_lora and self.policy is not None and _is_peft(self.policy.model):
+            if self.enable_lora and self.policy is not None and is_peft(self.policy.model):
                 self.update_weights(self.policy.model)
         except BaseException:
             self.close()
@@ -226,7 +227,7 @@ class VLLMBackend:
                 raise ValueError("VLLMBackend.update_weights: this backend was built from a directory; pass "
                                  "model, adapter_dir or weights_dir")
             model = self.policy.model
-        if _is_peft(model) and self.enable_lora:
+        if is_peft(model) and self.enable_lora:
             adapter = _active_adapter_name(model)
             with tempfile.TemporaryDirectory(dir=self.work_dir) as scratch:
                 model.save_pretrained(scratch, selected_adapters=[adapter])
@@ -391,13 +392,13 @@ class VLLMBackend:
     def _base_checkpoint(self, policy: Policy) -> Path:
         """A safetensors checkpoint directory with the weights to serve, reused when one exists: the base weights
         (adapters are served as adapters), or a PEFT model's merged weights when LoRA serving is off."""
-        merge = _is_peft(policy.model) and not self.enable_lora
+        merge = is_peft(policy.model) and not self.enable_lora
         existing = None if merge else _source_checkpoint(policy)
         if existing is not None and _checkpoint_matches(policy.model, existing, self._tied):
             return existing
         target = self.work_dir / "base"
         _write_safetensors(policy.model, target, merge_lora=merge)
-        core = _core(policy.model)
+        core = core_model(policy.model)
         core.config.save_pretrained(target)
         if getattr(core, "generation_config", None) is not None:
             core.generation_config.save_pretrained(target)
@@ -423,14 +424,6 @@ def _env_set(name: str) -> bool:
     return bool(os.environ.get(name))
 
 
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-def _core(model: Any) -> Any:
-    return model.get_base_model() if _is_peft(model) else model
-
-
 def _active_adapter_name(model: Any) -> str:
     active = model.active_adapter
     if isinstance(active, (list, tuple)):
@@ -441,7 +434,7 @@ def _active_adapter_name(model: Any) -> str:
 
 
 def _peft_rank(policy: Policy | None) -> int | None:
-    if policy is None or not _is_peft(policy.model):
+    if policy is None or not is_peft(policy.model):
         return None
     ranks = [int(config.r) for config in policy.model.peft_config.values() if hasattr(config, "r")]
     return max(ranks, default=None)
@@ -470,7 +463,7 @@ def _safetensors_keys(file: Path) -> set[str]:
 def _plain_state_dict(model: Any, *, merge_lora: bool) -> dict[str, torch.Tensor]:
     """The model's weights under checkpoint names, on CPU: PEFT wrappers stripped, LoRA deltas merged when
     ``merge_lora`` (else the base weights). Tied parameters appear under every name (sharing storage)."""
-    core = _core(model)
+    core = core_model(model)
     state: dict[str, torch.Tensor] = {}
     for key, tensor in core.state_dict().items():
         if any(fragment in key for fragment in _PEFT_ONLY):
@@ -478,7 +471,7 @@ def _plain_state_dict(model: Any, *, merge_lora: bool) -> dict[str, torch.Tensor
                 raise ValueError("VLLMBackend: PEFT modules_to_save cannot be served by vLLM; train LoRA only")
             continue
         state[key.replace(".base_layer.", ".")] = tensor
-    if merge_lora and _is_peft(model):
+    if merge_lora and is_peft(model):
         for module_name, module in core.named_modules():
             if not hasattr(module, "get_delta_weight") or getattr(module, "merged", False):
                 continue
