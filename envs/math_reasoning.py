@@ -84,6 +84,8 @@ class MathReasoningConfig:
         if self.difficulty not in (*DIFFICULTIES, "mixed"):
             raise ValueError(f"MathReasoning-v0: difficulty must be one of {[*DIFFICULTIES, 'mixed']}, "
                              f"got {self.difficulty!r}")
+        if isinstance(self.families, str):  # one name, or several joined by '+' (a CLI k=v value has no commas)
+            self.families = tuple(name.strip() for name in self.families.split("+"))
         self.families = tuple(self.families)
         if not self.families:
             raise ValueError("MathReasoning-v0: families must name at least one family")
@@ -142,9 +144,9 @@ class MathReasoningEnv(TextEnv):
     """Single-turn math word and arithmetic problems with exact checking and answer-naming feedback."""
 
     def __init__(self, split: str = "train", difficulty: str = "mixed",
-                 families: tuple[str, ...] | list[str] = FAMILIES, data_seed: int = 0,
+                 families: tuple[str, ...] | list[str] | str = FAMILIES, data_seed: int = 0,
                  format_instruction: bool = True, **kwargs: Any) -> None:
-        self.config = MathReasoningConfig(difficulty, tuple(families), data_seed, format_instruction)
+        self.config = MathReasoningConfig(difficulty, families, data_seed, format_instruction)
         self.config.validate()
         super().__init__(split, **kwargs)
         self.problems = _split(difficulty, self.config.families, data_seed, format_instruction, split,
@@ -218,7 +220,8 @@ register_env(
         reward_range=(0.0, 1.0),
         feedback_kinds=("correct", "incorrect", "format_error", "error"),
         difficulty_knobs={"difficulty": "easy | medium | hard | mixed (default)",
-                          "families": ", ".join(FAMILIES), "data_seed": "int generator seed"},
+                          "families": "a list, or names joined by +: " + ", ".join(FAMILIES),
+                          "data_seed": "int generator seed"},
         splits=dict(SPLIT_SIZES),
         data_source="procedural: reasoning-gym generators (basic_arithmetic, chain_sum, simple_equations, "
                     "fraction_simplification, gcd, lcm, gsm_symbolic); splits disjoint by prompt hash",

@@ -164,3 +164,13 @@ def test_hints_name_the_policys_answer_and_format_never_the_expected_answer():
                     continue
                 assert words in info["hint"] and info["hint"] != info["feedback"], (action, info["hint"])
                 assert len(expected) <= 2 or expected not in info["hint"], (expected, info["hint"])
+
+
+def test_families_given_as_one_string_or_plus_joined_names():
+    """A CLI ``k=v`` value cannot hold a list (commas separate kwargs): one name, or names joined by '+', work."""
+    one = gym.make("fst/MathReasoning-v0", families="chain_sum", difficulty="easy").unwrapped
+    assert one.config.families == ("chain_sum",)
+    two = gym.make("fst/MathReasoning-v0", families="chain_sum+basic_arithmetic", difficulty="easy").unwrapped
+    assert two.config.families == ("chain_sum", "basic_arithmetic")
+    with pytest.raises(ValueError, match="unknown families \\['chainsum'\\]"):
+        gym.make("fst/MathReasoning-v0", families="chainsum", difficulty="easy")
