@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fst_env.logging import write_text_atomic
+from fst_env.atomic import atomic_directory, write_text_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "fst-checkpoint-manifest/1"
@@ -168,8 +168,6 @@ def save_checkpoint(root: Path, step: int, write: Callable[[Path], None], *, kee
     numbered above N (left by a run this one replaced, or corrupt leftovers resume passed over). A new
     checkpoint that does not validate raises :class:`CheckpointError` and leaves every older one in place.
     """
-    from fst_env.models import atomic_directory  # here, not at the top: fst_env.models imports torch
-
     if keep < 1:
         raise ValueError(f"save_checkpoint: keep must be >= 1, got {keep!r}")
 

