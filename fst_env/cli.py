@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ Watch it: tensorboard --logdir RUN_DIR/tb ; plots: fst plot RUN_DIR""",
   fst compare --config run.toml --run-dir runs/cmp""",
     "plot": """examples:
   fst plot runs/fst                                     # PNGs next to the run's files""",
+    "reproduce": """examples:
+  fst reproduce --quick                                 # the paper's four claims in miniature (<= 15 min, 2 cores)
+  fst reproduce --out runs/reproduce-full               # full mode (<= 60 min), 3 seeds
+  fst reproduce --quick --set reproduce.steps=5 --set agent.temperature=0.5
+
+Sizes: SETTINGS_TABLE at the top of fst_env/reproduce.py; task, temperature and lr come from the cpu preset.
+Writes REPRODUCTION.md, reproduce.json (every number) and plots into --out.""",
 }
 
 
@@ -170,12 +178,13 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return apply_overrides(config, args.set).validate()
 
 
-def build_agent(config: RunConfig) -> Any:
-    """The agent a run config describes (policy loaded, learners built)."""
+def build_agent(config: RunConfig, policy: Any = None) -> Any:
+    """The agent a run config describes (learners built) on ``policy``, or on the config's model loaded now."""
     from fst_env.agents.fst_agent import FSTAgent
     from fst_env.models import load_policy, tiny_policy
 
-    policy = tiny_policy(config.seed) if config.model == "tiny" else load_policy(config.model)
+    if policy is None:
+        policy = tiny_policy(config.seed) if config.model == "tiny" else load_policy(config.model)
     reflection = None
     if config.reflection_model:
         from fst_env.agents.reflection import from_openai, from_transformers
@@ -372,6 +381,18 @@ def _sigmoid_cells(summary: dict[str, Any]) -> str:
     return f"{fit.A:.3f} | {fit.C_mid:.0f} | {fit.B:.2f} | {fit.r2:.2f}"
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from fst_env.reproduce import reproduce
+
+    command = ["fst", "reproduce", *(["--quick"] if args.quick else []), "--out", args.out,
+               *(["--seeds", str(args.seeds)] if args.seeds is not None else []), "--model", args.model]
+    for item in args.set:
+        command += ["--set", item]
+    reproduce("quick" if args.quick else "full", args.out, seeds=args.seeds, model=args.model, overrides=args.set,
+              command=" ".join(shlex.quote(part) for part in command))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from fst_env.plots import plot_run
 
@@ -424,6 +445,20 @@ def make_parser() -> argparse.ArgumentParser:
     compare.add_argument("--run-dir", help="root for the three runs and the plots (default runs/compare)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare, resume=False, mode=None)
+
+    repro = sub.add_parser("reproduce", help="re-measure the paper's four claims in miniature (several seeds)",
+                           epilog=EXAMPLES["reproduce"], formatter_class=formatter)
+    repro.add_argument("--quick", action="store_true", help="the quick mode (<= 15 min on 2 cores; default: full, "
+                                                            "<= 60 min)")
+    repro.add_argument("--out", default="runs/reproduce", help="where the report, JSON and plots go "
+                                                               "(default runs/reproduce)")
+    repro.add_argument("--seeds", type=int, help="training seeds per arm (default 3)")
+    repro.add_argument("--model", default="embedded", help="embedded (default), tiny (random test model) or a model "
+                                                           "directory / .gguf file")
+    repro.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="reproduce.FIELD (the settings table), agent.FIELD, schedule.FIELD or run.FIELD; value "
+                            "read as JSON when it can be; repeatable")
+    repro.set_defaults(func=cmd_reproduce)
 
     plot = sub.add_parser("plot", help="PNG plots from a run directory", epilog=EXAMPLES["plot"],
                           formatter_class=formatter)

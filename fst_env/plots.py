@@ -164,3 +164,86 @@ def plot_run(run_dir: str | Path) -> list[Path]:
              training_reward(run_dir, run_dir / "training_reward.png")]
     kl = kl_vs_accuracy({run_dir.name: run_dir}, run_dir / "kl_vs_accuracy.png")
     return files + ([kl] if kl else [])
+
+
+# ------------------------------------------------------------------------------------------ fst reproduce
+def reproduction_curves(series: Mapping[str, Mapping[str, Any]], out: Path, *, title: str,
+                        hline: float | None = None, hline_label: str = "") -> Path:
+    """Mean held-out accuracy against RL samples, one line per arm with its 95% band (``series[arm]``: ``x``,
+    ``y``, ``low``, ``high``); ``hline`` marks a reference level (RL-only's peak)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for label, s in series.items():
+        (line,) = ax.plot(s["x"], s["y"], marker="o", label=label)
+        ax.fill_between(s["x"], s["low"], s["high"], color=line.get_color(), alpha=0.2)
+    if hline is not None:
+        ax.axhline(hline, color="gray", linestyle="--", linewidth=1, label=hline_label or None)
+    ax.set_xlabel("RL samples (rollouts generated for updates; fast-round rollouts not counted); 0 = before training")
+    ax.set_ylabel("held-out accuracy (mean@k), mean over seeds")
+    ax.set_title(title + "\nbands: 95% bootstrap over seeds and problems", fontsize=11)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def reproduction_kl(series: Mapping[str, Mapping[str, Any]], out: Path, *, title: str,
+                    target: float | None = None) -> Path:
+    """Mean accuracy against mean KL(policy || base) at each evaluation, per arm, with 95% intervals on both axes
+    (``series[arm]``: ``kl``, ``kl_low``, ``kl_high``, ``acc``, ``acc_low``, ``acc_high``; NaN bounds: no bar);
+    ``target`` draws the matched accuracy."""
+    import math
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    largest = 0.0
+    for label, s in series.items():
+        kl, acc = list(s["kl"]), list(s["acc"])
+
+        def bars(mid: list[float], low: list[float], high: list[float]) -> list[list[float]]:
+            return [[m - lo if math.isfinite(lo) else 0.0 for m, lo in zip(mid, low, strict=True)],
+                    [hi - m if math.isfinite(hi) else 0.0 for m, hi in zip(mid, high, strict=True)]]
+
+        ax.errorbar(kl, acc, xerr=bars(kl, s["kl_low"], s["kl_high"]), yerr=bars(acc, s["acc_low"], s["acc_high"]),
+                    marker="o", capsize=3, label=label)
+        largest = max([largest, *[v for v in s["kl_high"] if math.isfinite(v)], *kl])
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"matched accuracy {target:.3f}")
+    ax.set_xlim(0, max(largest * 1.1, 1e-6))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("KL(policy || base) per token on held-out prompts (nats), mean over seeds")
+    ax.set_ylabel("held-out accuracy (mean@k), mean over seeds")
+    ax.set_title(title + "\nbars: 95% intervals (KL: t over seeds; accuracy: bootstrap)", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def reproduction_intervals(rows: list[tuple[str, float, float, float]], out: Path, *, title: str,
+                           xlabel: str) -> Path:
+    """Point estimates with 95% intervals, one row each (``(label, mean, low, high)``; NaN bounds: a point only),
+    against a zero line: differences a reader can check for "excludes 0" at a glance."""
+    import math
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 1.2 + 0.55 * len(rows))))
+    for i, (_, mean, low, high) in enumerate(rows):
+        if math.isfinite(low) and math.isfinite(high):
+            ax.plot([low, high], [i, i], color="tab:blue", linewidth=2)
+        ax.plot([mean], [i], marker="o", color="tab:blue")
+    ax.axvline(0, color="gray", linewidth=1)
+    ax.set_yticks(range(len(rows)), [label for label, *_ in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
