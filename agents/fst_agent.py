@@ -47,10 +47,11 @@ from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
 from fst_env.agents.rollout import Rollout
 from fst_env.agents.slow import LOSSES, LoraSettings, SlowLearner, measure_drift
+from fst_env.atomic import atomic_directory
 from fst_env.backends import BACKENDS, make_backend
 from fst_env.backends.base import SamplingParams
 from fst_env.context import Context
-from fst_env.models import Policy, atomic_directory
+from fst_env.models import Policy
 
 DEFAULT_SEED_CONTEXT: Context = {
     "instructions": "Solve the task carefully. Think step by step, then give the final answer in the format the "

@@ -26,8 +26,9 @@ import numpy as np
 
 from fst_env.agents.episodes import Episode
 from fst_env.agents.fst_agent import FSTAgent
+from fst_env.atomic import write_text_atomic
 from fst_env.checkpoints import CheckpointError, find_checkpoint, read_position, report_to_stderr, save_checkpoint
-from fst_env.logging import RunLogger, write_text_atomic
+from fst_env.logging import RunLogger
 from fst_env.schedule import ConfigError, Schedule, Stage
 
 #: Training stops when more than this fraction of the last ERROR_WINDOW env steps had verdict ``error``.
