@@ -31,8 +31,8 @@ from safetensors.torch import load_file, load_model, save_model
 
 from fst_env.agents.episodes import RETURN_RULES, Episode
 from fst_env.agents.rollout import Rollout
-from fst_env.backends.hf import core_model
 from fst_env.models import Policy, atomic_directory, seeded
+from fst_env.peft_utils import core_model
 
 LossName = Literal["cispo", "grpo_clip", "reinforce"]
 LOSSES: tuple[str, ...] = ("cispo", "grpo_clip", "reinforce")
@@ -198,6 +198,24 @@ def token_logprobs(model: Any, batch: TokenBatch, *, temperature: float = 1.0, w
             detached = logits.detach()
             entropy = normaliser.detach() - (torch.softmax(detached, dim=-1) * detached).sum(-1)
     return logprobs, entropy
+
+
+@dataclass
+class StepPlan:
+    """What one slow step trains: ``episodes`` with their ``returns``, the indices of the ``trained`` ones (kept
+    groups, some completion tokens), and one piece per trained turn: ``pieces[k]`` is that turn (its own
+    ``prompt_ids`` as the sampler saw them: the env's text is prompt, never a target; its ``completion_ids`` are
+    the targets), ``episode_of[k]`` its episode, ``advantages[k]`` the episode's advantage and ``weights[k]`` the
+    token weight ``1 / (n_trained * episode tokens)``."""
+
+    episodes: list[Episode]
+    returns: list[float]
+    trained: list[int]
+    zero_variance_groups: int
+    pieces: list[Any]
+    episode_of: list[int]
+    advantages: list[float]
+    weights: list[float]
 
 
 @dataclass
@@ -509,6 +527,30 @@ class SlowLearner:
         return self.drift(pieces)["kl_k3"]
 
     # ---------------------------------------------------------------------------------------------- step
+    def plan(self, episodes: Sequence[Episode | Rollout]) -> StepPlan:
+        """What :meth:`step` trains on these episodes: returns, advantages and the pieces (see :class:`StepPlan`)."""
+        episodes = _as_episodes(episodes)
+        if not episodes:
+            raise ValueError("SlowLearner.step: no rollouts")
+        returns = [e.episode_return(self.settings.return_rule) for e in episodes]
+        advantages, kept, zero_variance = group_advantages(returns, [e.group for e in episodes])
+        train = [i for i, e in enumerate(episodes) if kept[i] and any(t.completion_ids for t in e.turns)]
+        # Each trained turn is its own (prompt, completion) piece: the prompt ids the sampler conditioned on and
+        # the ids it sampled, with its log-probs. One sequence per episode with env tokens masked would need the
+        # re-rendered conversation to tokenize to exactly those ids, which chat templates do not promise
+        # (decode -> encode is not the identity; templates strip or rewrite earlier assistant turns), so the
+        # learner could train tokens the sampler never produced, under a prefix it never saw, against
+        # old_logprobs that belong to other tokens. Pieces keep the ratio pi / pi_old on identical tokens and
+        # contexts at the cost of re-reading each turn's prefix.
+        pieces = [(i, turn) for i in train for turn in episodes[i].turns if turn.completion_ids]
+        tokens = {i: sum(len(t.completion_ids) for t in episodes[i].turns) for i in train}
+        # Weight 1 / (episodes * the episode's tokens): the weighted token sum is the mean over episodes of each
+        # episode's token mean, however its tokens are split into turns and micro-batches.
+        return StepPlan(episodes=episodes, returns=returns, trained=train, zero_variance_groups=zero_variance,
+                        pieces=[turn for _, turn in pieces], episode_of=[i for i, _ in pieces],
+                        advantages=[float(advantages[i]) for i, _ in pieces],
+                        weights=[1.0 / (len(train) * tokens[i]) for i, _ in pieces])
+
     def step(self, episodes: Sequence[Episode | Rollout]) -> dict[str, float]:
         """One optimizer step on a batch of scored episodes (a :class:`Rollout` is a one-turn episode); returns
         metrics.
@@ -531,27 +573,13 @@ class SlowLearner:
         tokens (kl NaN when not tracked; token metrics NaN when the step was skipped).
         """
         start = time.perf_counter()
-        episodes = _as_episodes(episodes)
-        if not episodes:
-            raise ValueError("SlowLearner.step: no rollouts")
         settings = self.settings
+        plan = self.plan(episodes)
+        episodes, returns, train, pieces = plan.episodes, plan.returns, plan.trained, plan.pieces
         groups = [e.group for e in episodes]
-        returns = [e.episode_return(settings.return_rule) for e in episodes]
-        advantages, kept, zero_variance = group_advantages(returns, groups)
-        train = [i for i, e in enumerate(episodes) if kept[i] and any(t.completion_ids for t in e.turns)]
-        # Each trained turn is its own (prompt, completion) piece: the prompt ids the sampler conditioned on and
-        # the ids it sampled, with its log-probs. One sequence per episode with env tokens masked would need the
-        # re-rendered conversation to tokenize to exactly those ids, which chat templates do not promise
-        # (decode -> encode is not the identity; templates strip or rewrite earlier assistant turns), so the
-        # learner could train tokens the sampler never produced, under a prefix it never saw, against
-        # old_logprobs that belong to other tokens. Pieces keep the ratio pi / pi_old on identical tokens and
-        # contexts at the cost of re-reading each turn's prefix.
-        pieces = [(i, turn) for i in train for turn in episodes[i].turns if turn.completion_ids]
-        episode_tokens = {i: sum(len(t.completion_ids) for t in episodes[i].turns) for i in train}
-        # Weight 1 / (episodes * the episode's tokens): the weighted token sum is the mean over episodes of each
-        # episode's token mean, however its tokens are split into turns and micro-batches.
-        weights = torch.tensor([1.0 / (len(train) * episode_tokens[i]) for i, _ in pieces], dtype=torch.float32)
-        piece_advantages = advantages[[i for i, _ in pieces]] if pieces else advantages[:0]
+        zero_variance = plan.zero_variance_groups
+        weights = torch.tensor(plan.weights, dtype=torch.float32)
+        piece_advantages = torch.tensor(plan.advantages, dtype=torch.float32)
         metrics: dict[str, float] = {
             "n_rollouts": float(len(episodes)), "n_episodes": float(len(episodes)),
             "n_turns": float(sum(len(e.turns) for e in episodes)), "n_pieces": float(len(pieces)),
@@ -576,7 +604,7 @@ class SlowLearner:
                 "logprob_diff": 0.0}
         ratio_max, ratio_min = 0.0, float("inf")
         forward_s = backward_s = 0.0
-        turns = [turn for _, turn in pieces]
+        turns = pieces
         try:
             self.optimizer.zero_grad(set_to_none=True)
             for indices in self._batches(turns):

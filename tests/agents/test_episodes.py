@@ -3,16 +3,21 @@ with the chat template, never shows feedback, and truncates at the turn and cont
 
 from __future__ import annotations
 
+import string
 from typing import ClassVar
 
 import gymnasium as gym
 import pytest
 
+import fst_env
 from fst_env.agents.episodes import EnvPool, Episode, EpisodeLimits, EpisodeRunner, EpisodeStart, Turn
+from fst_env.agents.fst_agent import FSTAgent, FSTConfig
 from fst_env.agents.rollout import Rollout
+from fst_env.agents.slow import TokenBatch
 from fst_env.backends import make_backend
 from fst_env.backends.base import SamplingParams
 from fst_env.models import tiny_policy
+from fst_env.wrappers import MultiTurnRetry
 
 SECRET = "SECRET-FEEDBACK"
 
@@ -24,8 +29,8 @@ class ThreeTurnEnv(gym.Env):
     metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, turns: int = 3) -> None:
-        self.observation_space = gym.spaces.Text(10_000)
-        self.action_space = gym.spaces.Text(10_000)
+        self.observation_space = gym.spaces.Text(10_000, charset=string.printable)
+        self.action_space = gym.spaces.Text(10_000, charset=string.printable)
         self.turns = turns
         self.turn = 0
         self.problem_id = 0
@@ -171,3 +176,101 @@ def test_env_pool_reuses_envs_and_limits_validate():
         EpisodeLimits(max_turns=0).validate()
     with pytest.raises(ValueError, match="rule"):
         Episode("g", 0, {}).episode_return("mean")
+
+
+# ----------------------------------------------------------------------------- the slow learner on episodes
+def _even_or_secret(response: str, problem: dict) -> tuple[float, str]:
+    if len(response) % 2 == 0:
+        return 1.0, "Correct: even length."
+    return 0.0, f"{SECRET}: the length {len(response)} is odd."
+
+
+fst_env.register_task("test/EpisodesEven-v0", [{"prompt": f"Write word {i}."} for i in range(12)],
+                      reward_fn=_even_or_secret, summary="test task: reward for an even-length answer")
+gym.register("test/EpisodesRetry-v0", entry_point=lambda **kw: MultiTurnRetry(gym.make("test/EpisodesEven-v0", **kw),
+                                                                                max_attempts=2))
+gym.register("test/EpisodesThreeTurn-v0", entry_point=ThreeTurnEnv)
+
+
+def _with_signal(episodes: list[Episode]) -> list[Episode]:
+    """Make every group's rewards differ (the first episode of a group wins at its last turn): signal to train."""
+    first: dict[str, Episode] = {}
+    for episode in episodes:
+        first.setdefault(episode.group, episode)
+    for episode in episodes:
+        episode.turns[-1].reward = 1.0 if first[episode.group] is episode else 0.0
+    return episodes
+
+
+def test_a_three_turn_episode_trains_every_turn_under_its_own_prompt_with_env_text_never_a_target():
+    # The reference backend samples in the learner's float32, so the first step's ratio is exactly checkable.
+    agent = FSTAgent(tiny_policy(0), "test/EpisodesThreeTurn-v0", FSTConfig(group_size=4, groups_per_step=2,
+                                                                           fast=False, max_new_tokens=6, backend="hf"))
+    episodes = agent.collect([1, 2])
+    assert all(len(e.turns) == 3 and e.terminated for e in episodes)
+    assert all(t.reward == 0.0 for e in episodes for t in e.turns[:2])  # the reward comes only at the end
+    plan = agent.slow.plan(_with_signal(episodes))
+    assert plan.trained == list(range(8))
+    # Every turn of every trained episode is one piece, the turn object itself: its sampler's prompt and tokens.
+    assert [id(p) for p in plan.pieces] == [id(t) for e in episodes for t in e.turns]
+    tokenizer = agent.policy.tokenizer
+    for piece in plan.pieces:
+        prompt = tokenizer.decode(piece.prompt_ids)
+        assert piece.observation in prompt and SECRET not in prompt  # env text is prompt (never a target)
+        batch = TokenBatch.collate([piece.prompt_ids], [piece.completion_ids], 0, "cpu")
+        assert batch.targets[0].tolist() == piece.completion_ids and batch.mask.sum() == len(piece.completion_ids)
+        assert tokenizer.decode(piece.completion_ids, skip_special_tokens=True) == piece.completion
+    # One advantage per episode, shared by its turns; each episode's token weights add up to 1 / episodes.
+    for k in range(len(episodes)):
+        mine = [i for i, e in enumerate(plan.episode_of) if e == k]
+        assert len({plan.advantages[i] for i in mine}) == 1
+        total = sum(plan.weights[i] * len(plan.pieces[i].completion_ids) for i in mine)
+        assert total == pytest.approx(1 / 8)
+    metrics = agent.slow.step(episodes)
+    assert metrics["n_pieces"] == 24 and metrics["n_turns"] == 24 and metrics["n_trained"] == 8
+    assert metrics["n_tokens"] == sum(len(t.completion_ids) for e in episodes for t in e.turns)
+    # The learner scores each turn's tokens exactly as the sampler did under the same prompt: ratio 1.
+    assert metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4) and metrics["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_return_rule_is_the_summed_rewards_unless_configured():
+    turns = [Turn("o", "c", [1], [2], [], 0.5), Turn("o", "c", [1], [2], [], 1.0)]
+    assert Episode("g", 0, {}, turns).episode_return() == 1.5
+    assert Episode("g", 0, {}, turns).episode_return("last") == 1.0
+    agent = FSTAgent(tiny_policy(0), "test/EpisodesThreeTurn-v0", FSTConfig(group_size=2, fast=False,
+                                                                           return_rule="last"))
+    assert agent.slow.settings.return_rule == "last"
+    with pytest.raises(ValueError, match="return_rule"):
+        FSTConfig(return_rule="mean").validate()
+
+
+def test_a_retry_envs_second_attempt_is_trained_and_its_prompt_shows_the_hint_not_the_feedback():
+    agent = FSTAgent(tiny_policy(0), "test/EpisodesRetry-v0", FSTConfig(group_size=8, groups_per_step=2,
+                                                                       fast=False, max_new_tokens=7))
+    episodes = agent.collect([3, 4])
+    retried = [e for e in episodes if len(e.turns) == 2]
+    assert retried, "some first attempts were odd-length, so they were retried"
+    for episode in retried:
+        second = episode.turns[1]
+        assert "Your previous answer was judged" in second.observation and SECRET not in second.observation
+        assert SECRET in episode.turns[0].feedback
+    plan = agent.slow.plan(_with_signal(episodes))
+    trained = {id(p) for p in plan.pieces}
+    assert any(id(e.turns[1]) in trained for e in retried)
+    assert agent.slow.step(episodes)["n_pieces"] == sum(len(e.turns) for e in episodes)
+
+
+def test_g_episodes_of_one_problem_form_one_group_normalised_together():
+    agent = FSTAgent(tiny_policy(0), "test/EpisodesThreeTurn-v0", FSTConfig(group_size=4, groups_per_step=2,
+                                                                           fast=False, max_new_tokens=4))
+    episodes = _with_signal(agent.collect([5, 6]))
+    groups: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.group, []).append(episode)
+    assert sorted(groups) == ["test/EpisodesThreeTurn-v0/train/5", "test/EpisodesThreeTurn-v0/train/6"]
+    assert all(len(members) == 4 and len({m.problem for m in members}) == 1 for members in groups.values())
+    plan = agent.slow.plan(episodes)
+    for key in groups:
+        advantages = {plan.episode_of[i]: plan.advantages[i] for i in range(len(plan.pieces))
+                      if episodes[plan.episode_of[i]].group == key}
+        assert sum(advantages.values()) == pytest.approx(0.0, abs=1e-5) and len(advantages) == 4
