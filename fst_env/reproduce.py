@@ -308,7 +308,8 @@ def final_difference(fst: Sequence[Mapping[str, Any]], rl: Sequence[Mapping[str,
 
 
 # ----------------------------------------------------------------------------------------------- claim (a)
-def sample_efficiency(fst: Sequence[Mapping[str, Any]], rl: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def sample_efficiency(fst: Sequence[Mapping[str, Any]], rl: Sequence[Mapping[str, Any]], *,
+                      seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Per seed: RL-only's peak, the RL samples at which RL and FST first reach it, and the ratio.
 
     ``rl_improved`` says whether RL-only rose above its start at all (if not, its peak is the shared baseline and
@@ -317,11 +318,12 @@ def sample_efficiency(fst: Sequence[Mapping[str, Any]], rl: Sequence[Mapping[str
     from fst_env.metrics import sample_efficiency_ratio, samples_to_reach
 
     per_seed = []
-    for f, r in zip(fst, rl, strict=False):
+    labels = list(seeds) if seeds is not None else list(range(min(len(fst), len(rl))))
+    for label, f, r in zip(labels, fst, rl, strict=False):
         peak = float(np.max(r["accuracy"]))
         total = np.add(f["rl_samples"], f["fast_rollouts"]).tolist()
         fst_needed = samples_to_reach(f["rl_samples"], f["accuracy"], peak)
-        per_seed.append({"rl_peak": peak, "rl_start": float(r["accuracy"][0]),
+        per_seed.append({"seed": label, "rl_peak": peak, "rl_start": float(r["accuracy"][0]),
                          "rl_improved": peak > float(r["accuracy"][0]),
                          "rl_samples_to_peak": samples_to_reach(r["rl_samples"], r["accuracy"], peak),
                          "fst_samples_to_rl_peak": fst_needed,
@@ -547,23 +549,39 @@ def analyse(results: Mapping[str, Any]) -> dict[str, Any]:
         analysis["asymptote"] = {arm: asymptote(curves[arm], arm_draws[arm][:fits],
                                                 min_points=settings["min_fit_points"],
                                                 max_width=settings["max_asymptote_width"]) for arm in usable}
-    if all(arm in curves for arm in SLOW_ARMS):
-        analysis["final_difference"] = final_difference(curves["fst"], curves["rl"])
-        analysis["sample_efficiency"] = sample_efficiency(curves["fst"], curves["rl"])
+    # Paired comparisons use only the seeds both FST and RL-only finished (pairs are (seed, problem)).
+    by_seed = _common_seeds(results["curves"])
+    analysis["paired_seeds"] = [int(k) for k in by_seed.get("fst", {})]
+    paired_curves = {arm: list(runs.values()) for arm, runs in by_seed.items()}
+    if all(arm in paired_curves for arm in SLOW_ARMS):
+        analysis["final_difference"] = final_difference(paired_curves["fst"], paired_curves["rl"])
+        analysis["sample_efficiency"] = sample_efficiency(paired_curves["fst"], paired_curves["rl"],
+                                                          seeds=analysis["paired_seeds"])
         analysis["asymptote_difference"] = asymptote_difference(analysis["asymptote"]["fst"],
                                                                 analysis["asymptote"]["rl"])
-    analysis["matched_kl"] = matched_kl(curves)
-    plast = {init: [results["plasticity"][init][s] for s in sorted(results["plasticity"][init], key=int)]
-             for init in results.get("plasticity", {}) if results["plasticity"][init]}
+    analysis["matched_kl"] = matched_kl(paired_curves)
+    plast = {init: list(runs.values()) for init, runs in _common_seeds(results.get("plasticity", {})).items()}
     analysis["plasticity"] = plasticity(plast) if plast else {
         "verdict": "not resolvable", "why": "no plasticity run finished", "inits": {}}
-    cont = {arm: [results["continual"][arm][s] for s in sorted(results["continual"][arm], key=int)]
-            for arm in results.get("continual", {}) if results["continual"][arm]}
+    cont = {arm: list(runs.values()) for arm, runs in _common_seeds(results.get("continual", {})).items()}
     analysis["continual"] = continual(cont) if cont else {
         "verdict": "not measured" if not settings.get("continual") else "not resolvable",
         "why": "the continual schedule is off in this mode (reproduce.continual = false)"
         if not settings.get("continual") else "no continual run finished", "arms": {}}
     return analysis
+
+
+def _common_seeds(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``groups[name][seed]`` restricted, when both FST and RL-only are present, to the seeds both have (in seed
+    order), so that FST-minus-RL differences pair the same seed; otherwise every seed of each group."""
+    present = {name: runs for name, runs in groups.items() if runs}
+    if all(name in present for name in SLOW_ARMS):
+        keep = set(present["fst"]) & set(present["rl"])
+    else:
+        keep = {seed for runs in present.values() for seed in runs}
+    order = sorted(keep, key=int)
+    return {name: {seed: runs[seed] for seed in order if seed in runs}
+            for name, runs in present.items() if any(seed in runs for seed in order)}
 
 
 # ----------------------------------------------------------------------------------------------- the report
@@ -637,11 +655,11 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
                      f"accuracy [bootstrap band]): {cells}")
     if eff:
         lines.append("")
-        for i, row in zip(results["seeds"], eff["per_seed"], strict=False):
+        for row in eff["per_seed"]:
             reached = ("not reached" if math.isnan(row["fst_samples_to_rl_peak"])
                        else f"{row['fst_samples_to_rl_peak']:.0f} RL samples "
                             f"({_num(row['fst_total_samples_to_rl_peak'], '.0f')} with fast-round rollouts)")
-            lines.append(f"- seed {i}: RL-only peak {row['rl_peak']:.3f} (start {row['rl_start']:.3f}) at "
+            lines.append(f"- seed {row['seed']}: RL-only peak {row['rl_peak']:.3f} (start {row['rl_start']:.3f}) at "
                          f"{_num(row['rl_samples_to_peak'], '.0f')} RL samples; FST: {reached}; ratio "
                          f"{_num(row['ratio'], '.2f') if row['rl_improved'] else 'n/a (RL-only did not improve)'}")
         lines += ["", f"Seeds where RL-only improved: {eff['seeds_rl_improved']} of {len(eff['per_seed'])}; FST "

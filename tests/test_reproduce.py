@@ -218,8 +218,8 @@ def test_asymptote_recovers_a_known_sigmoid_and_refuses_short_curves():
     samples = np.array([0, 50, 100, 200, 400, 800, 1600, 3200], dtype=float)
     truth = _sigmoid(samples, 0.6, 1.5, 300.0, 0.1)
     curves = [curve(samples.tolist(), truth.tolist()) for _ in range(3)]
-    draws = rp.bootstrap_indices(3, 4, 10)
-    fit = rp.asymptote(curves, draws)
+    draws = rp.bootstrap_indices(3, 4, 4)  # every resample of identical seeds and problems is the same curve
+    fit = lower = rp.asymptote(curves, draws)
     assert fit["identifiable"], fit["reason"]
     assert fit["A"] == pytest.approx(0.6, abs=0.01) and fit["C_mid"] == pytest.approx(300, rel=0.05)
     assert fit["ci_low"] <= 0.6 + 0.01 and fit["ci_high"] >= 0.6 - 0.01
@@ -233,7 +233,6 @@ def test_asymptote_recovers_a_known_sigmoid_and_refuses_short_curves():
     assert not fit["identifiable"] and "extrapolation" in fit["reason"]
 
     higher = rp.asymptote([curve(samples.tolist(), _sigmoid(samples, 0.8, 1.5, 300.0, 0.1).tolist())] * 3, draws)
-    lower = rp.asymptote(curves, draws)
     diff = rp.asymptote_difference(higher, lower)
     assert diff["mean"] == pytest.approx(0.2, abs=0.02) and diff["verdict"] == "agree"
 
@@ -290,3 +289,16 @@ def test_plan_counts_the_work():
     per_arm_evals = 1 + s.steps // s.eval_every + 1
     assert counts["evaluations"] == s.seeds * (3 * per_arm_evals + 3 * 2 + 2 * 3)
     assert counts["train_calls"] == s.seeds * (3 + 3 + 2)
+
+
+def test_differences_pair_the_same_seed_when_an_arm_lost_one():
+    samples = [0, 8, 16]
+    fst = {str(k): curve(samples, [0.1, 0.1 * k, 0.2 * k]) for k in range(3)}
+    rl = {str(k): curve(samples, [0.1, 0.1 * k, 0.2 * k]) for k in (1, 2)}  # seed 0 crashed
+    results = hand_results({})
+    results["curves"] = {"fst": fst, "rl": rl}
+    analysis = rp.analyse(results)
+    assert analysis["paired_seeds"] == [1, 2]
+    assert analysis["final_difference"]["mean"] == 0.0 and analysis["final_difference"]["n"] == 8
+    assert [row["seed"] for row in analysis["sample_efficiency"]["per_seed"]] == [1, 2]
+    assert analysis["curves"]["fst"]["seeds"] == 3  # the arm's own curve keeps every seed it has
