@@ -61,11 +61,13 @@ def check_trl_version(version: str) -> None:
 check_trl_version(trl.__version__)
 
 import gymnasium as gym  # noqa: E402  (after the version check: fail fast, before the heavy imports)
+import torch  # noqa: E402
 from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl.trainer.utils import RepeatSampler  # noqa: E402
 
 from fst_env.agents.fast import FastLearner, NotesFastLearner  # noqa: E402
 from fst_env.agents.fst_agent import DEFAULT_SEED_CONTEXT  # noqa: E402
@@ -430,6 +432,37 @@ def _check_objective(args: GRPOConfig) -> None:
         raise ValueError(f"FSTGRPOTrainer: epsilon_high must be > 0, got {args.epsilon_high}")
 
 
+# ============================================================================================== sampler
+class ResumableRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose order in epoch ``e`` depends on (seed, e) only, so a resumed run replays it.
+
+    TRL 1.16's sampler seeds one generator at construction and draws a new permutation per epoch; transformers 5
+    resumes by skipping batches within the resumed epoch only, so a resumed run's fresh sampler would replay
+    epoch 0's permutation in epoch ``e`` (measured: a 2-process run resumed at an epoch boundary trained on other
+    problems than the uninterrupted run). This one re-seeds with ``seed`` at each iteration and discards ``e``
+    permutations first: uninterrupted runs get exactly TRL's order, resumed runs the same order. The epoch comes
+    from :meth:`set_epoch` (accelerate's data loader forwards it, and :class:`FSTGRPOTrainer` sets it at every
+    epoch begin, which also covers loaders that do not forward it); an iteration without a new ``set_epoch``
+    continues with the next epoch, as TRL's would. With ``seed=None`` or ``shuffle=False`` it is TRL's sampler.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of epoch ``epoch`` at the next iteration."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):  # TRL's generator has drawn one permutation per earlier epoch
+                torch.randperm(self.num_samples, generator=self.generator)
+        self.epoch += 1
+        return super().__iter__()
+
+
 # ============================================================================================== trainer
 class FastRoundCallback(TrainerCallback):
     """Runs :meth:`FSTGRPOTrainer.fast_round` on every process after every ``fast_every``-th optimizer step."""
@@ -441,6 +474,14 @@ class FastRoundCallback(TrainerCallback):
         trainer = self.trainer
         if trainer.fast_every > 0 and state.global_step > 0 and state.global_step % trainer.fast_every == 0:
             trainer.fast_round()
+        return control
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # Before the epoch's data loader is iterated; on resume state.epoch is the checkpoint's progress, whose
+        # integer part is the epoch Trainer resumes in (global_step // steps per epoch).
+        sampler = self.trainer.train_sampler
+        if sampler is not None:
+            sampler.set_epoch(math.floor(state.epoch or 0))
         return control
 
 
@@ -464,7 +505,10 @@ class FSTGRPOTrainer(GRPOTrainer):
       to every process, and logs the round's scalars through ``Trainer.log`` (so they reach every reporter in
       ``report_to``, TensorBoard included, at the current global step) as ``fast/...`` and ``budget/...``;
       with vLLM, the weights are synced to vLLM on every process before the round;
-    - checkpoints get ``fst_state.json`` (population, fast learner, buffer, counters), restored on resume.
+    - checkpoints get ``fst_state.json`` (population, fast learner, buffer, counters), written by the process(es)
+      that write TRL's checkpoint; on resume the main process reads it and broadcasts it to every process. The
+      training sampler is a :class:`ResumableRepeatSampler`, so a resumed run sees the problems, in the order, of
+      the uninterrupted run (TRL's own sampler replays epoch 0's order after a resume).
 
     Fast-round generation runs on the main process alone, so it must not need the other processes: it works
     single-process, under DDP, and with vLLM colocate at tensor_parallel_size=1. Where it cannot (ZeRO-3 or FSDP
@@ -520,6 +564,8 @@ class FSTGRPOTrainer(GRPOTrainer):
         self.fst_counters: dict[str, int] = {"generation_rounds": 0, "fast_rounds": 0, "fast_rollouts": 0,
                                              "rollouts_reused": 0, "reflection_calls": 0}
         self.last_context_ids: list[int] = []
+        #: The training sampler (set when TRL builds the train data loader), see :class:`ResumableRepeatSampler`.
+        self.train_sampler: ResumableRepeatSampler | None = None
         super().__init__(model=model, reward_funcs=[self.env_reward, *extra_reward_funcs], args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **grpo_kwargs)
         self._check_fast_generation()
@@ -537,6 +583,17 @@ class FSTGRPOTrainer(GRPOTrainer):
             raise ValueError("FSTGRPOTrainer: with ZeRO-3 or FSDP the weights are sharded, so the main process cannot "
                              "generate alone for a fast round; use vLLM colocate (tensor_parallel_size=1) or pass "
                              "fast_generate=")
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        """TRL's sampler as a :class:`ResumableRepeatSampler` (same order, reproduced on resume)."""
+        trl_sampler = super()._get_train_sampler(dataset)
+        if type(trl_sampler) is not RepeatSampler:
+            return trl_sampler  # not the sampler whose resume behaviour is known
+        self.train_sampler = ResumableRepeatSampler(
+            data_source=trl_sampler.data_source, mini_repeat_count=trl_sampler.mini_repeat_count,
+            batch_size=trl_sampler.batch_size, repeat_count=trl_sampler.repeat_count, shuffle=trl_sampler.shuffle,
+            seed=trl_sampler.seed)
+        return self.train_sampler
 
     # ------------------------------------------------------------------ contexts per rollout
     def assign_contexts(self, num_rows: int, group_size: int) -> list[int]:
@@ -699,16 +756,26 @@ class FSTGRPOTrainer(GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
+        if checkpoint is None:
+            return
+        # The main process reads the state and sends it to every process (Trainer calls this on all of them): every
+        # process resumes from the one state the main process wrote, even where its own file system lacks the file
+        # (several nodes without shared storage), instead of some processes silently keeping a fresh population.
+        payload: list[Any] = [None]
+        if self.accelerator.is_main_process:
             path = os.path.join(checkpoint, FST_STATE_NAME)
             if os.path.exists(path):
                 with open(path, encoding="utf-8") as f:
-                    self.load_fst_state_dict(json.load(f))
-            else:
-                logger.warning("FSTGRPOTrainer: %s has no %s; the population restarts from its current state",
-                               checkpoint, FST_STATE_NAME)
-
+                    payload[0] = json.load(f)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(payload, from_process=0)
+        if payload[0] is None:
+            logger.warning("FSTGRPOTrainer: %s has no %s; the population restarts from its current state",
+                           checkpoint, FST_STATE_NAME)
+            return
+        self.load_fst_state_dict(payload[0])
 
 __all__ = ["DEFAULT_EPSILON_HIGH", "FST_STATE_NAME", "NO_CONTEXT_ID", "SUPPORTED_TRL", "EnvReward",
-           "FSTGRPOTrainer", "FastRoundCallback", "FeedbackBuffer", "build_messages", "check_trl_version",
-           "completion_text", "env_dataset", "fst_grpo_config", "parse_problem_key", "problem_key", "with_context"]
+           "FSTGRPOTrainer", "FastRoundCallback", "FeedbackBuffer", "ResumableRepeatSampler", "build_messages",
+           "check_trl_version", "completion_text", "env_dataset", "fst_grpo_config", "parse_problem_key",
+           "problem_key", "with_context"]

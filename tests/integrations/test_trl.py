@@ -502,6 +502,39 @@ def test_fast_generation_set_ups_that_would_hang_are_refused(tmp_path, monkeypat
     trainer._check_fast_generation()  # the user's own generator takes the responsibility
 
 
+# ============================================================================================== resumable sampler
+def test_resumable_sampler_keeps_trls_order_and_replays_any_epoch_on_a_fresh_sampler():
+    from trl.trainer.utils import RepeatSampler
+
+    def make(cls):
+        return cls(list(range(10)), mini_repeat_count=2, batch_size=3, repeat_count=1, seed=7)
+
+    trl_sampler = make(RepeatSampler)
+    trl_epochs = [list(trl_sampler) for _ in range(3)]
+    assert len({tuple(e) for e in trl_epochs}) == 3
+    assert list(make(RepeatSampler)) == trl_epochs[0]  # why: a fresh TRL sampler (a resumed run) replays epoch 0
+    ours = make(fst_trl.ResumableRepeatSampler)
+    assert [list(ours) for _ in range(3)] == trl_epochs  # no set_epoch: TRL's order, epoch after epoch
+    for epoch in (2, 1, 0):
+        fresh = make(fst_trl.ResumableRepeatSampler)
+        fresh.set_epoch(epoch)
+        assert list(fresh) == trl_epochs[epoch]
+    unshuffled = fst_trl.ResumableRepeatSampler(list(range(4)), mini_repeat_count=2, batch_size=2, shuffle=False)
+    unshuffled.set_epoch(3)
+    assert list(unshuffled) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_trainer_trains_from_the_resumable_sampler_and_sets_its_epoch(tmp_path):
+    trainer = _trainer(tmp_path, fast_every=0)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, fst_trl.ResumableRepeatSampler) and trainer.train_sampler is sampler
+    assert (sampler.mini_repeat_count, sampler.seed) == (G, trainer.args.seed)
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, fst_trl.FastRoundCallback))
+    for progress, epoch in ((None, 0), (0.0, 0), (2.0, 2), (2.5, 2)):  # resumed mid-epoch 2: state.epoch = 2.5
+        callback.on_epoch_begin(trainer.args, SimpleNamespace(epoch=progress), trainer.control)
+        assert sampler.epoch == epoch
+
+
 # ============================================================================================== evaluation
 def test_evaluation_uses_the_best_context_and_records_nothing(tmp_path):
     trainer = _trainer(tmp_path, eval_dataset=env_dataset(ENV_ID, "validation"), fast_every=0)
