@@ -199,3 +199,31 @@ def test_cli_prints_a_broken_task_as_one_line_and_exits_1(monkeypatch, capsys):
     assert cli.main(["train"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "test/X-v0" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- multi-turn games train on episodes
+@pytest.mark.parametrize("env_id", ["fst/Bargain-v0", "fst/WordGuess-v0"])
+def test_multi_turn_games_train_on_whole_episodes(env_id):
+    # The tiny model's byte-level prompts are long: give it room for three turns of a game's growing conversation.
+    config = FSTConfig(group_size=2, groups_per_step=2, fast_every=2, fast_learner="notes", max_new_tokens=6,
+                       fast_problems=2, fast_budget=8, proposals_per_round=1, population_size=2,
+                       max_context_tokens=6000, backend="hf")
+    a = FSTAgent(tiny_policy(0, max_positions=8192), env_id, config)
+    seen = []
+    summary = train(a, Schedule([Stage(env_id, 2)], eval_problems=1, kl_prompts=1), quiet=True, tensorboard=False,
+                    on_update=lambda step, m: seen.append(m))
+    assert summary["steps"] == 2 and a.counters["fast_rounds"] == 1
+    assert a.counters["rl_turns"] > a.counters["rl_samples"] == 2 * 2 * 2  # episodes went past their first move
+    assert all(m["rollout/turns_mean"] > 1 and m["slow/n_turns"] > m["slow/n_episodes"] for m in seen)
+    # The tiny model earns no reward in these games, so give each group a winner and take a slow step on whole
+    # real episodes: every turn is trained, each under the exact chat-template conversation its sampler saw.
+    episodes = a.collect([0, 1])
+    for group in {e.group for e in episodes}:
+        members = [e for e in episodes if e.group == group]
+        for e in members:
+            e.turns[-1].reward = float(e is members[0])
+    metrics = a.slow_step(episodes)
+    assert metrics["slow/skipped"] == 0.0 and metrics["slow/n_pieces"] == sum(len(e.turns) for e in episodes)
+    # No earlier step trained (no reward), so the learner still equals the sampler: the ratio is 1 on every turn.
+    assert metrics["slow/ratio_min"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["slow/ratio_max"] == pytest.approx(1.0, abs=1e-4)

@@ -106,6 +106,10 @@ class SingleSeat(gym.Env[str, str]):
         self._last_text = observation
         return observation, reward, terminated, truncated, info
 
+    def num_problems(self) -> int:
+        """Problems in the game's split (as ``TextEnv.num_problems``), so trainers can draw problem ids for a seat."""
+        return int(self.game.num_problems())
+
     def oracle_response(self) -> str | None:
         """The game's full-reward move for ``seat`` now, where the game knows one (None if not, or between episodes).
 

@@ -163,3 +163,31 @@ def test_demonstrations_fast_learner_is_selectable_and_runs():
     assert isinstance(agent.fast, DemonstrationFastLearner)
     history = run_updates(agent, 2)
     assert history[1]["fast/demonstration_pool"] >= 1  # random lengths: about half the rollouts are correct
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal metric dicts, NaN equal to NaN (a skipped step's token metrics)."""
+    return a.keys() == b.keys() and all(x == y or (x != x and y != y) for x, y in ((a[k], b[k]) for k in a))
+
+
+@pytest.mark.parametrize("env_id", [ENV_ID, "fst/WordGuess-v0"])
+def test_fst_and_rl_only_are_identical_until_the_first_fast_round(env_id):
+    # The fast channel adds nothing before its first round: same episodes, same slow steps, same adapter. Checked
+    # on a single-turn task and on a multi-turn game (whole episodes, one batched generate call per turn).
+    from fst_env.loop import update
+
+    config = small_config(fast_every=2, max_new_tokens=6, max_context_tokens=1900)
+    fst, rl = FSTAgent(tiny_policy(0), env_id, config), RLAgent(tiny_policy(0), env_id, config)
+    for step in (1, 2):
+        problems = [step, step + 4]
+        (got, fast_round), (expected, none) = update(fst, problems, step), update(rl, problems, step)
+        slow = {k: v for k, v in got.items() if k.startswith(("slow/", "rollout/")) and "time" not in k}
+        assert _same(slow, {k: v for k, v in expected.items() if k in slow}) and none is None
+        assert (fast_round is not None) == (step == 2)
+    assert [e.to_dict() for e in fst.recent] == [e.to_dict() for e in rl.recent]
+    if env_id != ENV_ID:
+        assert all(len(e.turns) > 1 for e in fst.recent)
+    lora_fst, _ = adapter_and_base(fst)
+    lora_rl, _ = adapter_and_base(rl)
+    assert all(torch.equal(lora_fst[k], lora_rl[k]) for k in lora_fst)
+    assert fst.counters["fast_rounds"] == 1 and rl.counters["fast_rounds"] == 0
