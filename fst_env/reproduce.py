@@ -685,7 +685,10 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
 
     # (c)
     kl = analysis["matched_kl"]
-    lines += ["", "## (c) KL to the base at matched accuracy", "", f"Paper: {PAPER['c']}.", ""]
+    lines += ["", "## (c) KL to the base at matched accuracy", "", f"Paper: {PAPER['c']}.", "",
+              f"Measured at every evaluation: exact per-token KL(policy || base) over the vocabulary on "
+              f"{s['kl_prompts']} held-out task-A prompts without a context, sampled from the current policy; the "
+              "base is the same model with its LoRA adapter disabled. Intervals: t over seeds.", ""]
     if kl.get("arms"):
         lines.append(f"Target accuracy {kl['target']:.3f} (the highest mean accuracy both FST and RL-only reach).")
         for arm, row in kl["arms"].items():
@@ -844,16 +847,17 @@ class Reproduction:
             "task_a_stage": self.task_a, "task_b_stage": self.task_b,
             "fast_learner": agent.fast_learner, "reflection_model": config.reflection_model,
             "scaling": scaling_table(config, settings), "curves": {}, "plasticity": {}, "continual": {},
-            "errors": {}, "timing": {}, "loadavg_start": _loadavg(),
+            "errors": {}, "timing": {}, "load": {}, "loadavg_start": _loadavg(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         }
         self._start = time.perf_counter()
         self._base: Any = None
+        self._config("rl", self.seeds[0], self.task_b, 1, curve=False)  # a bad task B fails now, in one line
 
     # ---------------------------------------------------------------- bookkeeping
     def save(self) -> Path:
         """Write ``reproduce.json`` (atomically) with everything measured so far."""
-        from fst_env.logging import write_text_atomic
+        from fst_env.atomic import write_text_atomic
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.results["wall_time_s"] = time.perf_counter() - self._start
@@ -873,6 +877,7 @@ class Reproduction:
             return None
         finally:
             self.results["timing"][key] = time.perf_counter() - start
+            self.results["load"][key] = _loadavg()  # the machine is shared: what else ran shows here
             self.save()
             gc.collect()
 

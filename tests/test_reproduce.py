@@ -302,3 +302,9 @@ def test_differences_pair_the_same_seed_when_an_arm_lost_one():
     assert analysis["final_difference"]["mean"] == 0.0 and analysis["final_difference"]["n"] == 8
     assert [row["seed"] for row in analysis["sample_efficiency"]["per_seed"]] == [1, 2]
     assert analysis["curves"]["fst"]["seeds"] == 3  # the arm's own curve keeps every seed it has
+
+
+def test_a_bad_task_b_is_a_one_line_error_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["reproduce", "--model", "tiny", "--out", str(out), "--set", "reproduce.task_b_env=fst/Nope-v0"]) == 2
+    assert "fst/Nope-v0" in capsys.readouterr().err and not out.exists()
