@@ -31,8 +31,9 @@ from safetensors.torch import load_file, load_model, save_model
 
 from fst_env.agents.episodes import RETURN_RULES, Episode
 from fst_env.agents.rollout import Rollout
-from fst_env.models import Policy, atomic_directory, seeded
-from fst_env.peft_utils import core_model
+from fst_env.atomic import atomic_directory
+from fst_env.models import Policy, seeded
+from fst_env.peft_utils import core_model, has_adapters, is_peft
 
 LossName = Literal["cispo", "grpo_clip", "reinforce"]
 LOSSES: tuple[str, ...] = ("cispo", "grpo_clip", "reinforce")
@@ -411,7 +412,7 @@ class SlowLearner:
                       "micro_batch_size": micro_batch_size, "temperature": temperature,
                       "weight_decay": weight_decay, "max_grad_norm": max_grad_norm}
             raise ValueError("SlowLearner: out of range: " + ", ".join(f"{n}={values[n]!r}" for n in bad))
-        if hasattr(policy.model, "peft_config"):
+        if has_adapters(policy.model):
             raise ValueError("SlowLearner: policy.model already carries PEFT adapters; build the learner on an "
                              "unwrapped policy (one learner per policy)")
         self.policy = policy
@@ -460,7 +461,7 @@ class SlowLearner:
             if self._reference is not None:
                 return token_logprobs(self._reference, batch, temperature=self.settings.temperature,
                                       autocast=self.settings.autocast)[0]
-            if not hasattr(self.model, "disable_adapter"):
+            if not is_peft(self.model):
                 raise RuntimeError("SlowLearner: no reference weights (full fine-tuning built with track_kl off)")
             with self.model.disable_adapter():
                 return token_logprobs(self.model, batch, temperature=self.settings.temperature,
