@@ -112,6 +112,7 @@ def test_miniature_run_writes_every_section_and_shares_evaluation_across_arms(tm
     assert re.search(line, report)
     assert "Command: `fst reproduce --quick --out" in report and "load average" in report
     assert "Fast learner in this mode: `notes`" in report
+    assert "Check: before training, every arm scored the same on every problem in all 2 seeds" in report
     for claim in ("(a)", "(b)", "(c)", "(d)"):
         section = report.split(f"## {claim}")[1].split("\n## ")[0]
         assert re.search(r"\*\*(Agrees with the paper|Disagrees with the paper|Not resolvable at this scale)\*\*",
@@ -308,3 +309,12 @@ def test_a_bad_task_b_is_a_one_line_error_before_anything_runs(tmp_path, capsys)
     out = tmp_path / "r"
     assert main(["reproduce", "--model", "tiny", "--out", str(out), "--set", "reproduce.task_b_env=fst/Nope-v0"]) == 2
     assert "fst/Nope-v0" in capsys.readouterr().err and not out.exists()
+
+
+def test_shared_baseline_check_names_the_seeds_that_differ():
+    same = curve([0, 8], [0.5, 0.5])
+    other = curve([0, 8], [0.5, 0.5])
+    other["per_problem"][0] = [1.0, 0.0, 1.0, 0.0]
+    check = rp.shared_baseline({"fst": {"0": same, "1": same}, "rl": {"0": same, "1": other}})
+    assert check == {"seeds_checked": 2, "seeds_identical": 1, "differing": [1]}
+    assert "**Check failed**" in rp._baseline_check({"shared_baseline": check})
