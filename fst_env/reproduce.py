@@ -672,15 +672,17 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
     if eff:
         lines.append("")
         for row in eff["per_seed"]:
-            reached = ("not reached" if math.isnan(row["fst_samples_to_rl_peak"])
+            reached = ("n/a" if not row["rl_improved"] else "not reached" if math.isnan(row["fst_samples_to_rl_peak"])
                        else f"{row['fst_samples_to_rl_peak']:.0f} RL samples "
                             f"({_num(row['fst_total_samples_to_rl_peak'], '.0f')} with fast-round rollouts)")
             lines.append(f"- seed {row['seed']}: RL-only peak {row['rl_peak']:.3f} (start {row['rl_start']:.3f}) at "
                          f"{_num(row['rl_samples_to_peak'], '.0f')} RL samples; FST: {reached}; ratio "
                          f"{_num(row['ratio'], '.2f') if row['rl_improved'] else 'n/a (RL-only did not improve)'}")
-        lines += ["", f"Seeds where RL-only improved: {eff['seeds_rl_improved']} of {len(eff['per_seed'])}; FST "
-                  f"reached RL-only's peak in {eff['seeds_fst_reached']} of them"
-                  + ("" if eff["seeds_fst_reached"] else " (not reached)")
+        improved, reached = eff["seeds_rl_improved"], eff["seeds_fst_reached"]
+        lines += ["", f"Seeds where RL-only improved: {improved} of {len(eff['per_seed'])}"
+                  + ("; without an improvement, samples to reach its peak are not defined" if not improved else
+                     f"; FST reached RL-only's peak in {reached} of them"
+                     + (f" (not reached in {improved - reached})" if reached < improved else ""))
                   + f". Ratio median {_num(eff['ratio_median'], '.2f')} (min {_num(eff['ratio_min'], '.2f')}, "
                   f"max {_num(eff['ratio_max'], '.2f')}). RL-only's own gain, final minus start: "
                   f"{_interval(eff['rl_gain'])}.", "", _verdict(eff)]
@@ -759,7 +761,8 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
                       f"{counts['evaluations']} evaluations (each: sampled and greedy accuracy on the held-out "
                       "problems, plus KL on its prompts)."]
     if results.get("timing"):
-        lines += ["", "Seconds per run: " + ", ".join(f"{k} {v:.0f}" for k, v in results["timing"].items()) + "."]
+        timing = ", ".join(f"{k} {v:.0f}" for k, v in results["timing"].items())
+        lines += ["", f"Seconds per run (an arm's includes its continual stage): {timing}."]
     lines += ["", "Every number above is in `reproduce.json` (raw per-problem curves under `curves`, `plasticity`, "
                   "`continual`; the analysis under `analysis`)."]
     return "\n".join(lines) + "\n"

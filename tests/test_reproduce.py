@@ -168,7 +168,8 @@ def test_report_says_not_resolvable_when_nothing_moved():
     analysis = rp.analyse(results)
     report = rp.render_report(results, analysis)
     assert analysis["sample_efficiency"]["verdict"] == "not resolvable"
-    assert "RL-only never rose above its starting accuracy" in report
+    assert "RL-only never rose above its starting accuracy" in report and "FST: n/a" in report
+    assert "samples to reach its peak are not defined" in report
     assert analysis["asymptote"]["fst"]["identifiable"] is False
     assert "not identifiable at this scale" in report
     assert analysis["matched_kl"]["verdict"] == "not resolvable"
@@ -187,7 +188,7 @@ def test_report_says_not_reached_when_fst_never_gets_to_rl_peak():
     assert eff["seeds_fst_reached"] == 0 and eff["verdict"] == "disagree"
     assert all(math.isnan(row["fst_samples_to_rl_peak"]) for row in eff["per_seed"])
     report = rp.render_report(results, analysis)
-    assert "FST: not reached" in report and "(not reached)" in report and "**Disagrees with the paper**" in report
+    assert "FST: not reached" in report and "(not reached in 3)" in report and "**Disagrees with the paper**" in report
     assert "excludes 0: RL-only higher" in report
 
 
