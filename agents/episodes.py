@@ -15,6 +15,8 @@ hint-level text only; ``info["feedback"]`` is kept on the turn for the learners 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +29,16 @@ from fst_env.context import Context, render_context
 
 #: How an episode's per-turn rewards become the one return its advantage is computed from.
 RETURN_RULES: tuple[str, ...] = ("sum", "last")
+
+
+def turn_seed(seed: int, turn: int) -> int:
+    """The sampling seed of turn ``turn`` (0-based) of an episode whose seed is ``seed``: ``seed`` itself for the
+    first turn (a one-turn episode samples exactly as one call with that seed would), then a stable hash of
+    (seed, turn) in ``[0, 2**31)`` (blake2b, not Python's salted ``hash``)."""
+    if turn == 0:
+        return int(seed)
+    digest = hashlib.blake2b(f"fst-turn|{seed}|{turn}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**31
 
 
 @dataclass
@@ -237,9 +249,12 @@ class EpisodeRunner:
         self.count_tokens = count_tokens
         self.group_of = group_of
 
-    def play(self, starts: Sequence[EpisodeStart], sampling: Callable[[], Any]) -> list[Episode]:
+    def play(self, starts: Sequence[EpisodeStart], sampling: Callable[[], Any],
+             seeds: Sequence[int] | None = None) -> list[Episode]:
         """Reset every start's env, then play all episodes to their end; one ``backend.generate`` call per turn
-        over the active episodes, each call with ``sampling()`` (drawn once per call). Returns the episodes in
+        over the active episodes, each call with ``sampling()`` (drawn once per call). ``seeds`` (one per start,
+        for a backend with ``supports_row_seeds``) gives each episode its own noise: every turn's row is sampled
+        with :func:`turn_seed` of its episode's seed, whatever else is in the batch. Returns the episodes in
         ``starts`` order."""
         if len({id(s.env) for s in starts}) != len(starts):
             raise ValueError("EpisodeRunner.play: every episode needs its own env")
@@ -252,7 +267,8 @@ class EpisodeRunner:
             pending.append(observation)
         active = list(range(len(starts)))
         while active:
-            playing = self.respond([episodes[i] for i in active], [pending[i] for i in active], sampling)
+            playing = self.respond([episodes[i] for i in active], [pending[i] for i in active], sampling,
+                                   None if seeds is None else [seeds[i] for i in active])
             playing_ids = [i for i, texts in zip(active, playing, strict=True) if texts is not None]
             for i in playing_ids:
                 step = starts[i].env.step(episodes[i].turns[-1].completion)
@@ -260,12 +276,13 @@ class EpisodeRunner:
             active = [i for i in playing_ids if not episodes[i].done]
         return episodes
 
-    def respond(self, episodes: Sequence[Episode], observations: Sequence[str],
-                sampling: Callable[[], Any]) -> list[str | None]:
+    def respond(self, episodes: Sequence[Episode], observations: Sequence[str], sampling: Callable[[], Any],
+                seeds: Sequence[int] | None = None) -> list[str | None]:
         """The policy's next turn for each episode answering its observation: formats the conversations, ends
         (truncates) those whose prompt is over the context guard, generates for the rest in one call and appends
-        their new :class:`Turn` (tokens and sampler log-probs; the outcome comes with :meth:`record`). Returns each
-        episode's completion text, ``None`` for one the guard ended."""
+        their new :class:`Turn` (tokens and sampler log-probs; the outcome comes with :meth:`record`). ``seeds``:
+        per-episode row seeds (see :meth:`play`). Returns each episode's completion text, ``None`` for one the
+        guard ended."""
         prompts: list[str] = []
         playing: list[int] = []
         for i, (episode, observation) in enumerate(zip(episodes, observations, strict=True)):
@@ -279,7 +296,11 @@ class EpisodeRunner:
         texts: list[str | None] = [None] * len(episodes)
         if not playing:
             return texts
-        for i, generation in zip(playing, self.backend.generate(prompts, sampling()), strict=True):
+        params = sampling()
+        if seeds is not None:
+            params = dataclasses.replace(params, seed=None, row_seeds=tuple(
+                turn_seed(seeds[i], len(episodes[i].turns)) for i in playing))
+        for i, generation in zip(playing, self.backend.generate(prompts, params), strict=True):
             episodes[i].turns.append(Turn(observation=observations[i], completion=generation.text,
                                           prompt_ids=list(generation.prompt_ids),
                                           completion_ids=list(generation.completion_ids),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import itertools
 import json
 import math
 import random
@@ -36,12 +37,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from fst_env.agents.demonstrations import DemonstrationFastLearner
-from fst_env.agents.episodes import RETURN_RULES, EnvPool, Episode, EpisodeLimits, EpisodeRunner, EpisodeStart
+from fst_env.agents.episodes import (
+    RETURN_RULES,
+    EnvPool,
+    Episode,
+    EpisodeLimits,
+    EpisodeRunner,
+    EpisodeStart,
+    turn_seed,
+)
 from fst_env.agents.fast import EvidenceAcceptance, NotesFastLearner, ReflectiveFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
@@ -178,6 +186,9 @@ def _check_backend(name: Any, kwargs: Any) -> None:
     if missing:
         raise ValueError(f"FSTConfig.backend_kwargs: backend {name!r} needs {', '.join(missing)}")
 
+
+#: Most episodes an evaluation plays at once (one env each).
+EVAL_CHUNK = 64
 
 #: The agent's budget counters (a checkpoint restores them; one from an older version lacks some: they start at 0).
 _COUNTERS: dict[str, float] = {"update": 0, "slow_steps": 0, "fast_rounds": 0, "rl_samples": 0, "rl_turns": 0,
@@ -408,10 +419,12 @@ class FSTAgent:
                  **env_kwargs: Any) -> dict[str, Any]:
         """mean@k accuracy (and mean reward) of the current weights with ``context`` (default: the best
         context; pass ``{}`` for none) on the first ``problems`` problems of ``split`` (all, if it has fewer).
+        Each sample is a whole episode: correct when its last turn's verdict is, its reward the episode's return.
 
         Common random numbers: sample ``j`` of problem ``p`` is drawn with its own seed
-        :func:`eval_seed` ``(config.seed, task, split, p, j)`` (a per-row seed in one batched call where the backend
-        supports it, else a call of its own), never from the agent's RNG, so every arm and
+        :func:`eval_seed` ``(config.seed, task, split, p, j)`` (its later turns with
+        :func:`~fst_env.agents.episodes.turn_seed` of it; per-row seeds in batched calls where the backend
+        supports them, else one call per sample and turn), never from the agent's RNG, so every arm and
         every evaluation point sees the same problems with the same sampling seeds, whatever training drew
         before (a fast round, a different number of slow steps). ``greedy`` (or ``temperature == 0``) decodes
         greedily: one sample per problem (``k`` is 1 then). Returns ``accuracy`` (mean@k), ``ci_low`` /
@@ -424,34 +437,40 @@ class FSTAgent:
 
         env_id = env_id or self.env_id
         kwargs = env_kwargs or (self.env_kwargs if env_id == self.env_id else {})
-        env = gym.make(env_id, split=split, **kwargs)
+        make = {**kwargs, "split": split}
         context = self.population.best().context if context is None else context
-        problems = min(problems, env.unwrapped.num_problems())  # a small held-out split is used whole
+        problems = min(problems, self.envs.take(env_id, 1, **make)[0].unwrapped.num_problems())  # small: used whole
         c = self.config
         greedy = greedy or c.temperature == 0
         k = 1 if greedy else k
-        prompts = [self.prompt_for(env.reset(options={"problem_id": p})[0], context) for p in range(problems)]
-        if greedy:  # deterministic: batching cannot change the result, so one call
-            generations = self.backend.generate(prompts, SamplingParams(max_new_tokens=c.max_new_tokens,
-                                                                        temperature=0.0))
-        else:
-            # Each (problem, sample) has its own seed. Backends with per-row generators take them in one batched
-            # call (a row's noise is then its own, whatever else is in the batch); others get one call per sample.
-            task = _task_name(env_id, kwargs)
-            seeds = [eval_seed(c.seed, task, split, p, j) for p in range(problems) for j in range(k)]
-            repeated = [prompts[p] for p in range(problems) for _ in range(k)]
-            sampling = {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "top_p": c.top_p}
-            if getattr(self.backend, "supports_row_seeds", False):
-                generations = self.backend.generate(repeated, SamplingParams(**sampling, row_seeds=tuple(seeds)))
-            else:
-                generations = [self.backend.generate([prompt], SamplingParams(**sampling, seed=seed))[0]
-                               for prompt, seed in zip(repeated, seeds, strict=True)]
-        rewards, correct = [], []
-        for i, gen in enumerate(generations):
-            env.reset(options={"problem_id": i // k})
-            _, reward, _, _, info = env.step(gen.text)
-            rewards.append(float(reward))
-            correct.append(float(info["verdict"] == "correct"))
+        rows = [p for p in range(problems) for _ in range(k)]  # (problem, sample) in problem order
+
+        def starts(problem_ids: Sequence[int]) -> list[EpisodeStart]:
+            envs = self.envs.take(env_id, len(problem_ids), **make)
+            return [EpisodeStart(env, {"problem_id": p}, -1, dict(context), group=f"{env_id}/{split}/{p}")
+                    for env, p in zip(envs, problem_ids, strict=True)]
+
+        episodes: list[Episode] = []
+        sampling = {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "top_p": c.top_p}
+        task = _task_name(env_id, kwargs)
+        seeds = [eval_seed(c.seed, task, split, p, i % k) for i, p in enumerate(rows)]
+        row_seeds = getattr(self.backend, "supports_row_seeds", False)
+        if greedy or row_seeds:
+            # Greedy decoding is deterministic and row seeds make each row's noise its own, so chunking the
+            # episodes (at most EVAL_CHUNK envs at once) cannot change what is sampled.
+            for at in range(0, len(rows), EVAL_CHUNK):
+                chunk = rows[at:at + EVAL_CHUNK]
+                params = SamplingParams(max_new_tokens=c.max_new_tokens, temperature=0.0) if greedy \
+                    else SamplingParams(**sampling)
+                episodes += self.runner.play(starts(chunk), lambda params=params: params,
+                                             None if greedy else seeds[at:at + len(chunk)])
+        else:  # one episode at a time, each turn's call seeded with that turn's seed
+            for p, seed in zip(rows, seeds, strict=True):
+                turn = itertools.count()
+                episodes += self.runner.play(starts([p]), lambda seed=seed, turn=turn: SamplingParams(
+                    **sampling, seed=turn_seed(seed, next(turn))))
+        rewards = [e.episode_return(c.return_rule) for e in episodes]
+        correct = [float(e.verdict == "correct") for e in episodes]
         scored = accuracy_with_interval(np.asarray(correct).reshape(problems, k), confidence)
         return {**scored, "reward_mean": float(np.mean(rewards)), "problems": problems, "greedy": greedy,
                 "confidence": confidence}

@@ -28,12 +28,15 @@ class ThreeTurnEnv(gym.Env):
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
-    def __init__(self, turns: int = 3) -> None:
+    def __init__(self, turns: int = 3, split: str = "train") -> None:
         self.observation_space = gym.spaces.Text(10_000, charset=string.printable)
         self.action_space = gym.spaces.Text(10_000, charset=string.printable)
         self.turns = turns
         self.turn = 0
         self.problem_id = 0
+
+    def num_problems(self) -> int:
+        return 10
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -274,3 +277,19 @@ def test_g_episodes_of_one_problem_form_one_group_normalised_together():
         advantages = {plan.episode_of[i]: plan.advantages[i] for i in range(len(plan.pieces))
                       if episodes[plan.episode_of[i]].group == key}
         assert sum(advantages.values()) == pytest.approx(0.0, abs=1e-5) and len(advantages) == 4
+
+
+def test_evaluation_scores_whole_episodes_and_does_not_depend_on_how_they_are_batched(monkeypatch):
+    import fst_env.agents.fst_agent as fst_agent_module
+
+    agent = FSTAgent(tiny_policy(0), "test/EpisodesThreeTurn-v0", FSTConfig(group_size=2, fast=False,
+                                                                           max_new_tokens=5))
+    result = agent.evaluate(split="train", problems=4, k=4)
+    # Only the third turn can be correct (and only it rewards), so a first-move score would be 0 every time.
+    assert result["accuracy"] > 0 and result["reward_mean"] == result["accuracy"]
+    monkeypatch.setattr(fst_agent_module, "EVAL_CHUNK", 3)
+    assert agent.evaluate(split="train", problems=4, k=4) == result  # per-row, per-turn seeds: batching is moot
+    greedy = agent.evaluate(split="train", problems=4, greedy=True)
+    monkeypatch.setattr(agent.backend, "supports_row_seeds", False, raising=False)
+    fallback = agent.evaluate(split="train", problems=2, k=2)  # one call per sample and turn, seeded the same way
+    assert fallback["n"] == 2 and greedy["k"] == 1
