@@ -55,19 +55,21 @@ PRESET = "cpu"  # the tuned preset this command reads its task, temperature, lr 
 #: Budgets (embedded model, 2 shared cores): quick <= 15 min, full <= 60 min; the lead times and tunes them.
 SETTINGS_TABLE: dict[str, tuple[Any, Any, str]] = {
     "seeds": (3, 3, "training seeds per arm; every arm of a seed shares the held-out problems and eval seeds"),
-    "steps": (3, 9, "updates per arm on task A"),
-    "eval_every": (0, 2, "evaluate every N updates (0: before and after only); the stage end is always evaluated"),
-    "eval_problems": (8, 16, "held-out problems per evaluation (the same first N of the validation split)"),
+    "steps": (2, 7, "updates per arm on task A (full: with eval_every 2, points at 0, 2, 4, 6, 7)"),
+    "eval_every": (0, 2, "evaluate every N updates (0: before and after only); the stage end is always evaluated, "
+                         "again if N divides steps"),
+    "eval_problems": (8, 12, "held-out problems per evaluation (the same first N of the validation split)"),
     "eval_k": (1, 1, "samples per held-out problem (mean@k)"),
-    "kl_prompts": (4, 8, "held-out prompts for KL(policy || base) at every evaluation"),
+    "kl_prompts": (4, 6, "held-out prompts for KL(policy || base) at every evaluation of task A"),
     "fast_every": (2, 3, "T: a fast round every T updates (paper: 6)"),
     "population_size": (4, 4, "K: contexts kept (paper: 4)"),
     "kl_coef": (0.001, 0.001, "KL penalty to the initial weights (paper: 0.001)"),
     "tau": (4.0, 4.0, "CISPO cap on the importance weight (paper: 4)"),
+    "plasticity": (False, True, "run the plasticity probe (fresh RL-only on task B from the FST and RL weights)"),
+    "plasticity_steps": (1, 2, "RL-only updates on task B in the plasticity probe"),
+    "plasticity_base": (False, False, "also probe plasticity from the base weights (the paper's reference)"),
     "continual": (False, True, "run the continual schedule (FST and RL continue from task A on task B)"),
-    "continual_steps": (2, 3, "updates on task B in the continual schedule"),
-    "plasticity_steps": (2, 3, "RL-only updates on task B in the plasticity probe"),
-    "plasticity_base": (False, True, "also probe plasticity from the base weights (the paper's reference)"),
+    "continual_steps": (1, 2, "updates on task B in the continual schedule"),
     "task_b_env": ("", "", "task B env id ('': task A's env)"),
     "task_b_kwargs": ({"difficulty": "medium"}, {"difficulty": "medium"},
                       "task B env kwargs, merged over task A's"),
@@ -94,10 +96,11 @@ class ReproSettings:
     population_size: int
     kl_coef: float
     tau: float
-    continual: bool
-    continual_steps: int
+    plasticity: bool
     plasticity_steps: int
     plasticity_base: bool
+    continual: bool
+    continual_steps: int
     task_b_env: str
     task_b_kwargs: dict
     bootstrap: int
@@ -121,7 +124,7 @@ class ReproSettings:
                 raise ConfigError(f"reproduce.{name}: must be a number >= 0, got {value!r}")
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 1:
             raise ConfigError(f"reproduce.tau: must be a number >= 1, got {self.tau!r}")
-        for name in ("continual", "plasticity_base"):
+        for name in ("plasticity", "plasticity_base", "continual"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"reproduce.{name}: must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.task_b_env, str):
@@ -198,7 +201,7 @@ def plan(settings: ReproSettings) -> dict[str, int]:
     per_arm_evals = 1 + (settings.steps // settings.eval_every if settings.eval_every else 0) + 1
     updates = len(ARMS) * settings.steps
     evaluations = len(ARMS) * per_arm_evals
-    inits = len(SLOW_ARMS) + int(settings.plasticity_base)
+    inits = (len(SLOW_ARMS) + int(settings.plasticity_base)) if settings.plasticity else 0
     updates += inits * settings.plasticity_steps
     evaluations += inits * 2
     if settings.continual:
@@ -564,7 +567,9 @@ def analyse(results: Mapping[str, Any]) -> dict[str, Any]:
     analysis["matched_kl"] = matched_kl(paired_curves)
     plast = {init: list(runs.values()) for init, runs in _common_seeds(results.get("plasticity", {})).items()}
     analysis["plasticity"] = plasticity(plast) if plast else {
-        "verdict": "not resolvable", "why": "no plasticity run finished", "inits": {}}
+        "verdict": "not measured" if not settings.get("plasticity", True) else "not resolvable",
+        "why": "the plasticity probe is off in this mode (reproduce.plasticity = false)"
+        if not settings.get("plasticity", True) else "no plasticity run finished", "inits": {}}
     cont = {arm: list(runs.values()) for arm, runs in _common_seeds(results.get("continual", {})).items()}
     analysis["continual"] = continual(cont) if cont else {
         "verdict": "not measured" if not settings.get("continual") else "not resolvable",
@@ -725,15 +730,16 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
     # (d)
     plast, cont = analysis["plasticity"], analysis["continual"]
     lines += ["", "## (d) Plasticity and continual learning", "", f"Paper: {PAPER['d']}.", "",
-              f"Plasticity probe: fresh RL-only (new LoRA adapter and optimizer, seed context) for "
-              f"{s['plasticity_steps']} updates on task B from each init's task-A weights (merged).", ""]
+              (f"Plasticity probe: fresh RL-only (new LoRA adapter and optimizer, seed context) for "
+               f"{s['plasticity_steps']} updates on task B from each init's task-A weights (merged)."
+               if s.get("plasticity", True) else "Plasticity probe: off in this mode."), ""]
     for init, row in plast.get("inits", {}).items():
         lines.append(f"- from {init} weights: task-B accuracy {row['before']:.3f} -> {row['after']:.3f}, gain "
                      f"{_interval(row['gain'])} over {row['gain']['n']} (seed, problem) pairs")
     if "difference" in plast:
         lines.append(f"\nFST-init minus RL-init gain: {_interval(plast['difference'])} "
                      f"(n={plast['difference']['n']}).")
-    lines += ["", _verdict(plast), ""]
+    lines += ["", "Plasticity: " + _verdict(plast), ""]
     if cont.get("arms"):
         lines.append(f"Continual schedule: task A for {s['steps']} updates, then task B for {s['continual_steps']}, "
                      "the same agent throughout (FST keeps both channels, RL-only its one).")
@@ -837,7 +843,9 @@ def scaling_table(config: RunConfig, settings: ReproSettings) -> list[tuple[str,
          f"A: {task_name(config.stages[0])}; B: {task_name(task_b_stage(config, settings))}",
          "the embedded model scores above 0 only on easy arithmetic (DESIGN.md: 0 of 190 on 17 envs at T=1); B is "
          "the same env at the next difficulty, with families A does not draw"),
-        ("plasticity probe", "400 RL steps on HoVer-hard", f"{settings.plasticity_steps} RL updates on task B",
+        ("plasticity probe", "400 RL steps on HoVer-hard, from base, RL and FST weights",
+         (f"{settings.plasticity_steps} RL updates on task B from RL and FST weights"
+          + (" and the base" if settings.plasticity_base else "")) if settings.plasticity else "off in this mode",
          "the wall-time budget"),
         ("continual schedule", "3 tasks x 200 steps", (f"2 tasks: {settings.steps} + {settings.continual_steps} "
                                                        "updates") if settings.continual else "off in this mode",
@@ -962,7 +970,7 @@ class Reproduction:
             checkpoints: dict[str, Path] = {}
             for arm in ARMS:
                 self._attempt(f"seed{seed}/{arm}", functools.partial(self._arm, arm, seed, checkpoints))
-            inits = [*SLOW_ARMS, *(["base"] if s.plasticity_base else [])]
+            inits = [*SLOW_ARMS, *(["base"] if s.plasticity_base else [])] if s.plasticity else []
             for init in inits:
                 if init != "base" and init not in checkpoints:
                     self.results["errors"].setdefault(f"seed{seed}/plasticity/{init}",

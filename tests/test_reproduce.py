@@ -19,8 +19,8 @@ MINI = ["reproduce", "--model", "tiny", "--quick", "--seeds", "2", "--set", "rep
         "--set", "reproduce.eval_every=1",
         "--set", "reproduce.eval_problems=2", "--set", "reproduce.kl_prompts=1", "--set", "reproduce.fast_every=1",
         "--set", "reproduce.continual=true", "--set", "reproduce.continual_steps=1",
-        "--set", "reproduce.plasticity_steps=1", "--set", "reproduce.bootstrap=100",
-        "--set", "reproduce.fit_bootstrap=10", "--set", "agent.max_new_tokens=8"]
+        "--set", "reproduce.plasticity=true", "--set", "reproduce.plasticity_steps=1",
+        "--set", "reproduce.bootstrap=100", "--set", "reproduce.fit_bootstrap=10", "--set", "agent.max_new_tokens=8"]
 
 
 def curve(samples, accuracy, *, problems=4, kl=None, fast=None):
@@ -73,6 +73,8 @@ def test_bad_settings_are_one_line_errors(setting, message, tmp_path, capsys):
 def test_settings_come_from_the_table_and_the_cpu_preset():
     quick, full = rp.settings_for("quick"), rp.settings_for("full")
     assert quick.seeds == full.seeds == 3 and quick.budget_minutes == 15 and full.budget_minutes == 60
+    assert full.plasticity and full.continual and full.eval_every and full.steps % full.eval_every  # no duplicate
+    assert rp.plan(full)["evaluations"] // full.seeds == 3 * (1 + full.steps // full.eval_every + 1) + 2 * 2 + 2 * 3
     assert (quick.tau, quick.kl_coef, quick.population_size) == (4.0, 0.001, 4)  # the paper's values
     assert rp.settings_for("quick", ["reproduce.kl_coef=0"], seeds=5).kl_coef == 0.0
     config = rp.base_config("tiny", quick)
@@ -81,7 +83,7 @@ def test_settings_come_from_the_table_and_the_cpu_preset():
     for field in ("group_size", "groups_per_step", "fast_learner", "max_new_tokens", "temperature", "lr"):
         if field in preset:
             assert getattr(agent, field) == preset[field], field
-    assert config.stages[0]["env_id"] == rp.RunConfig().stages[0]["env_id"] and config.stages[0]["steps"] == 3
+    assert config.stages[0]["env_id"] == rp.RunConfig().stages[0]["env_id"] and config.stages[0]["steps"] == 2
     assert rp.task_b_stage(config, quick)["env_kwargs"]["difficulty"] == "medium"
 
 
@@ -175,7 +177,7 @@ def test_report_says_not_resolvable_when_nothing_moved():
     assert analysis["matched_kl"]["verdict"] == "not resolvable"
     assert "includes 0: no resolvable difference" in report
     assert "Continual: **Not measured in this mode**" in report  # quick mode: the continual schedule is off
-    assert "no plasticity run finished" in report
+    assert "Plasticity: **Not measured in this mode**" in report
 
 
 def test_report_says_not_reached_when_fst_never_gets_to_rl_peak():
@@ -286,11 +288,11 @@ def test_curve_from_summary_keeps_one_point_per_step():
 
 
 def test_plan_counts_the_work():
-    s = rp.settings_for("full")
+    s = rp.settings_for("full", ["reproduce.plasticity_base=true", "reproduce.steps=8"])
     counts = rp.plan(s)
-    per_arm_evals = 1 + s.steps // s.eval_every + 1
-    assert counts["evaluations"] == s.seeds * (3 * per_arm_evals + 3 * 2 + 2 * 3)
+    assert counts["evaluations"] == s.seeds * (3 * (1 + 4 + 1) + 3 * 2 + 2 * 3)  # 8 steps, every 2: 0,2,4,6,8,8
     assert counts["train_calls"] == s.seeds * (3 + 3 + 2)
+    assert rp.plan(rp.settings_for("quick"))["train_calls"] == 3 * 3  # quick: no plasticity, no continual
 
 
 def test_differences_pair_the_same_seed_when_an_arm_lost_one():
