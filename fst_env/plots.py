@@ -212,7 +212,8 @@ def reproduction_kl(series: Mapping[str, Mapping[str, Any]], out: Path, *, title
         largest = max([largest, *[v for v in s["kl_high"] if math.isfinite(v)], *kl])
     if target is not None:
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"matched accuracy {target:.3f}")
-    ax.set_xlim(0, max(largest * 1.1, 1e-6))
+    right = max(largest * 1.1, 1e-6)
+    ax.set_xlim(-0.02 * right, right)  # a margin: the base-weight arm sits at exactly 0
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("KL(policy || base) per token on held-out prompts (nats), mean over seeds")
     ax.set_ylabel("held-out accuracy (mean@k), mean over seeds")
