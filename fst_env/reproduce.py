@@ -691,6 +691,8 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
                   + f". Ratio median {_num(eff['ratio_median'], '.2f')} (min {_num(eff['ratio_min'], '.2f')}, "
                   f"max {_num(eff['ratio_max'], '.2f')}). RL-only's own gain, final minus start: "
                   f"{_interval(eff['rl_gain'])}.", "", _verdict(eff)]
+    if not eff:
+        lines += ["", _verdict(MISSING_ARMS)]
     lines += _plot_line(plots, "curves")
 
     # (b)
@@ -705,6 +707,8 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
         d = analysis["asymptote_difference"]
         lines += ["", f"FST minus RL-only asymptote: {_num(d['mean'], '+.3f')} [{_num(d['ci_low'], '+.3f')}, "
                       f"{_num(d['ci_high'], '+.3f')}] (paired bootstrap, {d['n_boot']} resamples).", "", _verdict(d)]
+    else:
+        lines += ["", _verdict(MISSING_ARMS)]
 
     # (c)
     kl = analysis["matched_kl"]
@@ -784,6 +788,10 @@ def _baseline_check(analysis: Mapping[str, Any]) -> str:
     return (f"**Check failed**: before training, the arms' per-problem results differ in seeds "
             f"{', '.join(map(str, check['differing']))}, although they start from the same weights and context; "
             "paired differences there carry sampling noise that shared evaluation should have removed.")
+
+
+MISSING_ARMS = {"verdict": "not resolvable",
+                "why": "FST or RL-only did not finish on task A (see the runs that failed)"}
 
 
 def _verdict(claim: Mapping[str, Any]) -> str:

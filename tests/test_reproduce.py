@@ -161,6 +161,7 @@ def test_a_crashing_arm_keeps_the_others(tmp_path, monkeypatch):
     assert set(data["curves"]) == {"fst", "prompt"} and "fst" in data["plasticity"]
     report = (out / "REPRODUCTION.md").read_text()
     assert "## Runs that failed" in report and "not measured (an arm failed" in report
+    assert report.count("FST or RL-only did not finish on task A") == 2  # (a) and (b) say why they have no verdict
 
 
 # ------------------------------------------------------------------------------------------ honest verdicts
