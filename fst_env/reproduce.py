@@ -334,7 +334,8 @@ def sample_efficiency(fst: Sequence[Mapping[str, Any]], rl: Sequence[Mapping[str
                          "fst_total_samples_to_rl_peak": samples_to_reach(total, f["accuracy"], peak),
                          "ratio": sample_efficiency_ratio(r["rl_samples"], r["accuracy"], f["rl_samples"],
                                                           f["accuracy"])})
-    ratios = [s["ratio"] for s in per_seed if s["rl_improved"] and math.isfinite(s["ratio"])]
+    # inf (FST already at RL-only's peak before training) stays in: it is the largest ratio, not a missing one.
+    ratios = [s["ratio"] for s in per_seed if s["rl_improved"] and not math.isnan(s["ratio"])]
     reached = sum(1 for s in per_seed if s["rl_improved"] and not math.isnan(s["fst_samples_to_rl_peak"]))
     improved = sum(1 for s in per_seed if s["rl_improved"])
     rl_gain = paired([v for c in rl for v in c["per_problem"][-1]], [v for c in rl for v in c["per_problem"][0]])
