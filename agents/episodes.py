@@ -151,6 +151,13 @@ class Episode:
                        context=dict(self.context), completion=self.transcript(), reward=self.episode_return(rule),
                        feedback=feedback, verdict=self.verdict, info=info)
 
+    def without_tokens(self) -> Episode:
+        """A copy without token ids and log-probs: what the fast learners need (text, rewards, feedback), small
+        enough to keep many of and to checkpoint (a later turn's prompt ids hold the whole conversation)."""
+        turns = [dataclasses.replace(t, prompt_ids=[], completion_ids=[], old_logprobs=[], info=dict(t.info))
+                 for t in self.turns]
+        return dataclasses.replace(self, context=dict(self.context), turns=turns, info=dict(self.info))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (checkpoints); :meth:`from_dict` inverts it."""
         return asdict(self)

@@ -236,7 +236,7 @@ class FSTAgent:
                                                   budget_metric_calls=c.fast_budget, seed=c.seed, **evidence)
         self.envs = EnvPool()  # plain envs episodes are played on, made once per (task, kwargs)
         self.runner = EpisodeRunner(self.backend, EpisodeLimits(c.max_turns, c.max_context_tokens),
-                                    self._count_tokens, lambda obs, info: self._group_key(obs, info))
+                                    self._count_tokens, self._group_key)
         self.set_task(env_id, **dict(env_kwargs or {}))
         self.pending: list[Episode] = []   # acted on, not yet observed (the act/observe layer)
         self.batch: list[Episode] = []     # observed, waiting for the next update (the act/observe layer)
@@ -388,10 +388,10 @@ class FSTAgent:
         return assigned
 
     def _seen(self, episodes: Sequence[Episode]) -> None:
-        """Count played episodes and keep them for the next fast round."""
+        """Count played episodes and keep them (text only: fast rounds need no token ids) for the next fast round."""
         self.counters["rl_samples"] += len(episodes)
         self.counters["rl_turns"] += sum(len(e.turns) for e in episodes)
-        self.recent.extend(episodes)
+        self.recent.extend(e.without_tokens() for e in episodes)
 
     def _count_tokens(self, prompt: str) -> int:
         return len(self.policy.tokenizer(prompt, add_special_tokens=False).input_ids)

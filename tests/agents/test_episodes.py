@@ -3,6 +3,7 @@ with the chat template, never shows feedback, and truncates at the turn and cont
 
 from __future__ import annotations
 
+import json
 import string
 from typing import ClassVar
 
@@ -293,3 +294,22 @@ def test_evaluation_scores_whole_episodes_and_does_not_depend_on_how_they_are_ba
     monkeypatch.setattr(agent.backend, "supports_row_seeds", False, raising=False)
     fallback = agent.evaluate(split="train", problems=2, k=2)  # one call per sample and turn, seeded the same way
     assert fallback["n"] == 2 and greedy["k"] == 1
+
+
+def test_a_multi_turn_agent_resumes_to_the_same_next_update(tmp_path):
+    from fst_env.loop import update
+
+    config = FSTConfig(group_size=4, groups_per_step=2, fast_every=2, fast_learner="notes", max_new_tokens=5,
+                       fast_problems=2, fast_budget=8, proposals_per_round=1, population_size=2)
+    agent = FSTAgent(tiny_policy(0), "test/EpisodesThreeTurn-v0", config)
+    update(agent, [1, 2], 1)
+    agent.save(tmp_path / "ckpt")
+    assert all(len(e.turns) == 3 and not e.turns[0].prompt_ids for e in agent.recent)  # kept as text only
+    expected, _ = update(agent, [3, 4], 2)  # with a fast round on whole episodes
+    resumed = FSTAgent(tiny_policy(0), "test/EpisodesThreeTurn-v0", config)
+    resumed.load(tmp_path / "ckpt")
+    got, _ = update(resumed, [3, 4], 2)
+    keep = [k for k in expected if "time" not in k and "wall" not in k and k != "budget/elapsed_s"]
+    same = [json.dumps({k: m[k] for k in keep}, sort_keys=True) for m in (got, expected)]  # NaN == NaN here
+    assert same[0] == same[1] and "fast/n_proposals" in got and got["slow/skipped"] == 0.0  # it trained
+    assert [e.to_dict() for e in resumed.recent] == [e.to_dict() for e in agent.recent]
