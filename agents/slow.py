@@ -296,9 +296,10 @@ def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tenso
     targets = batch.targets[..., None]
     current_tokens = current.gather(-1, targets).squeeze(-1)
     base_tokens = base.gather(-1, targets).squeeze(-1)
-    delta = (base_tokens.double() - current_tokens.double()) * mask
-    sums["sampled"] += float((-delta).sum())
-    sums["k3"] += float(((torch.exp(delta) - delta - 1) * mask).sum())
+    # Padding positions hold junk log-probs: zero them before exp (inf * 0 would be NaN).
+    current_tokens, base_tokens = current_tokens.double() * mask, base_tokens.double() * mask
+    sums["sampled"] += float((current_tokens - base_tokens).sum())
+    sums["k3"] += float((kl_k3(current_tokens, base_tokens) * mask).sum())  # the same k3 the training step uses
     probs = current.exp()
     # 0 * log 0 = 0: a token with probability exactly 0 (log-prob -inf) contributes nothing.
     entropy = -torch.where(probs > 0, probs * current, 0.0).sum(-1)
