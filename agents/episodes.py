@@ -274,13 +274,12 @@ class EpisodeRunner:
             pending.append(observation)
         active = list(range(len(starts)))
         while active:
-            playing = self.respond([episodes[i] for i in active], [pending[i] for i in active], sampling,
-                                   None if seeds is None else [seeds[i] for i in active])
-            playing_ids = [i for i, texts in zip(active, playing, strict=True) if texts is not None]
-            for i in playing_ids:
-                step = starts[i].env.step(episodes[i].turns[-1].completion)
-                pending[i] = self.record(episodes[i], *step)
-            active = [i for i in playing_ids if not episodes[i].done]
+            texts = self.respond([episodes[i] for i in active], [pending[i] for i in active], sampling,
+                                 None if seeds is None else [seeds[i] for i in active])
+            played = [i for i, text in zip(active, texts, strict=True) if text is not None]  # not cut by the guard
+            for i, text in zip(played, (t for t in texts if t is not None), strict=True):
+                pending[i] = self.record(episodes[i], *starts[i].env.step(text))
+            active = [i for i in played if not episodes[i].done]
         return episodes
 
     def respond(self, episodes: Sequence[Episode], observations: Sequence[str], sampling: Callable[[], Any],
