@@ -36,6 +36,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,3 +226,26 @@ def test_a_failing_fast_round_stops_every_process(runs):
     output = proc.stdout + proc.stderr
     assert "scripted failure in the fast learner" in output  # the main process's own error
     assert "the fast round failed on the main process" in output  # what the other process raised instead of hanging
+
+
+def test_the_docs_accelerate_configs_parse_and_use_only_launch_options(tmp_path):
+    """docs/multi_gpu.md's DDP / ZeRO-2 / ZeRO-3 / FSDP files load with accelerate's config parser, and every nested
+    key is an ``accelerate launch`` option (what accelerate maps them to); none of them has run on GPUs."""
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.commands.launch import launch_command_parser
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "multi_gpu.md").read_text()
+    configs = dict(re.findall(r"`(\w+\.yaml)`:\n\n```yaml\n(.*?)```", doc, re.DOTALL))
+    assert set(configs) == {"ddp.yaml", "zero2.yaml", "zero3.yaml", "fsdp.yaml"}
+    options = {action.dest for action in launch_command_parser()._actions}
+    loaded = {}
+    for name, text in configs.items():
+        (tmp_path / name).write_text(text)
+        config = ClusterConfig.from_yaml_file(str(tmp_path / name))
+        assert set(config.deepspeed_config) <= options and set(config.fsdp_config) <= options, name
+        loaded[name] = config
+    assert {n: c.distributed_type.value for n, c in loaded.items()} == {
+        "ddp.yaml": "MULTI_GPU", "zero2.yaml": "DEEPSPEED", "zero3.yaml": "DEEPSPEED", "fsdp.yaml": "FSDP"}
+    assert loaded["zero2.yaml"].deepspeed_config["zero_stage"] == 2
+    assert loaded["zero3.yaml"].deepspeed_config["zero_stage"] == 3
+    assert loaded["fsdp.yaml"].fsdp_config["fsdp_version"] == 2
