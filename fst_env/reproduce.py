@@ -824,25 +824,45 @@ def scaling_table(config: RunConfig, settings: ReproSettings) -> list[tuple[str,
     agent = config.agent_config()
     per_problem = agent.fast_budget / agent.fast_problems
     budget = f"{agent.fast_budget} calls over {agent.fast_problems} problems ({per_problem:.0f} per problem)"
+    preset = PRESETS[PRESET]["agent"]
+
+    def source(*fields: str) -> str:
+        """Where a value came from: a --set override, the preset, or FSTConfig's default the preset leaves."""
+        if any(f in config.agent for f in fields):
+            return "set for this run (--set agent.*)"
+        if all(f in preset for f in fields):
+            return f"the {PRESET} preset (sized for these cores)"
+        return f"FSTConfig's default (the {PRESET} preset leaves it)"
+
+    b = task_b_stage(config, settings)
+    a = config.stages[0]
+    if b["env_id"] == a["env_id"] and set(b["env_kwargs"]) - {"difficulty"} == set(a.get("env_kwargs", {})) - {
+            "difficulty"} and b["env_kwargs"].get("difficulty") != a.get("env_kwargs", {}).get("difficulty"):
+        b_why = (f"task B is task A's env at difficulty {b['env_kwargs'].get('difficulty')!r} (harder problems of the "
+                 "same generator), since a task the model scores 0 on would make every gain 0; its accuracy on B "
+                 "before the probe is in (d)")
+    else:
+        b_why = "task B as set by reproduce.task_b_env / task_b_kwargs"
     return [
         ("policy model", "Qwen3-8B", config.model, "what runs on 2 CPU cores without a model hub"),
-        ("fast learner", "GEPA reflection by GPT-5.2", agent.fast_learner, "no usable offline reflection LM here"),
+        ("fast learner", "GEPA reflection by GPT-5.2", agent.fast_learner,
+         source("fast_learner") + "; see the fast-learner note above"),
         ("T (updates per fast round)", "6", str(agent.fast_every),
          f"with {settings.steps} updates per arm, T=6 would give at most {settings.steps // 6} fast round(s)"),
         ("K (contexts kept)", "4 (light recipe)", str(agent.population_size), "as the paper"),
-        ("G (rollouts per problem)", "8", str(agent.group_size), f"the {PRESET} preset: generation dominates cost"),
-        ("problems per update", "~32", str(agent.groups_per_step), f"the {PRESET} preset"),
+        ("G (rollouts per problem)", "8", str(agent.group_size), source("group_size") + "; generation dominates"),
+        ("problems per update", "~32", str(agent.groups_per_step), source("groups_per_step")),
         ("GEPA budget per round", "960 metric calls over 192 examples (5 per example)", budget,
-         f"the {PRESET} preset, sized for these cores"),
+         source("fast_budget", "fast_problems")),
         ("CISPO cap tau", "4", _num(agent.tau, "g"), "as the paper"),
         ("KL to the initial weights", "0.001", _num(agent.kl_coef, "g"), "as the paper (LoRA: the adapter-disabled "
                                                                          "model is the reference, no copy)"),
         ("optimizer", "AdamW, 10 warm-up steps", f"AdamW, lr {agent.lr if agent.lr is not None else '1e-5 (default)'}"
                                                  ", no warm-up",
-         f"the slow learner has no warm-up schedule; with {settings.steps} updates, 10 warm-up steps would hold the "
-         "rate below its value for the whole run"),
-        ("temperature", "not stated", _num(agent.temperature, "g"), f"the {PRESET} preset"),
-        ("completion length", "not stated", f"{agent.max_new_tokens} tokens", f"the {PRESET} preset"),
+         f"lr: {source('lr')}; the slow learner has no warm-up schedule, and with {settings.steps} updates 10 "
+         "warm-up steps would hold the rate below its value for the whole run"),
+        ("temperature", "not stated", _num(agent.temperature, "g"), source("temperature")),
+        ("completion length", "not stated", f"{agent.max_new_tokens} tokens", source("max_new_tokens")),
         ("training length", "~600-1500 RL steps per run", f"{settings.steps} updates", "the wall-time budget"),
         ("evaluation", "running max of mean@4 on validation",
          f"mean@{settings.eval_k} on {settings.eval_problems} validation problems, plain value",
@@ -850,8 +870,8 @@ def scaling_table(config: RunConfig, settings: ReproSettings) -> list[tuple[str,
         ("seeds", "not stated (no intervals)", str(settings.seeds), "intervals over seeds and problems"),
         ("tasks", "CodeIO, Math (Polaris), HoVer-hard; Physics",
          f"A: {task_name(config.stages[0])}; B: {task_name(task_b_stage(config, settings))}",
-         "the embedded model scores above 0 only on easy arithmetic (DESIGN.md: 0 of 190 on 17 envs at T=1); B is "
-         "the same env at the next difficulty, with families A does not draw"),
+         f"task A: the run config's task (the {PRESET} preset's when it names one); the embedded model scores above 0 "
+         f"only on easy arithmetic (DESIGN.md: 0 of 190 on 17 envs at T=1); {b_why}"),
         ("plasticity probe", "400 RL steps on HoVer-hard, from base, RL and FST weights",
          (f"{settings.plasticity_steps} RL updates on task B from RL and FST weights"
           + (" and the base" if settings.plasticity_base else "")) if settings.plasticity else "off in this mode",
