@@ -5,10 +5,9 @@ Each update (:func:`update`) is the algorithm in plain sight: ``agent.collect`` 
 -> every ``fast_every`` updates ``agent.fast_round`` (re-score the population, propose children from the
 episodes); then :func:`train` evaluates every ``eval_every`` updates, logs, and checkpoints.
 
-One agent is handed from stage to stage (its state carried over; optionally the population is reset to the
-seed context at a stage start, as in the paper's continual runs); evaluations cover the held-out split of
-*every* task of the schedule, which builds the stage x task accuracy matrix. :class:`RunState` is the run's one
-position (one step counter), stored in each checkpoint's ``run.json``.
+One agent goes from stage to stage (optionally with its population reset to the seed context, as in the paper's
+continual runs); evaluations cover the held-out split of *every* task, building the stage x task accuracy
+matrix. :class:`RunState` is the run's one position (one step counter), stored in each checkpoint's run.json.
 """
 
 from __future__ import annotations
