@@ -69,6 +69,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.trainer.utils import RepeatSampler  # noqa: E402
 
+from fst_env.agents.episodes import RETURN_RULES, EnvPool, Episode, Turn  # noqa: E402
 from fst_env.agents.fast import FastLearner, NotesFastLearner  # noqa: E402
 from fst_env.agents.fst_agent import DEFAULT_SEED_CONTEXT  # noqa: E402
 from fst_env.agents.population import ContextPopulation  # noqa: E402
@@ -311,8 +312,8 @@ class EnvReward:
             turns = "single"
         if turns == "multi":
             raise ValueError(f"EnvReward: {env_id} is a multi-turn env; a TRL reward function sees one completion "
-                             "per prompt, so only single-turn envs can be scored this way (use TRL's "
-                             "environment_factory for multi-turn tasks)")
+                             "per prompt, so only single-turn envs can be scored this way (FSTGRPOTrainer plays "
+                             "multi-turn envs as whole episodes, scored by EpisodeReward)")
         if split not in SPLITS:
             raise ValueError(f"EnvReward: split must be one of {list(SPLITS)}, got {split!r}")
         self.env_id = env_id
@@ -407,6 +408,61 @@ class EnvReward:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
+
+
+def _env_turns(env_id: str) -> str:
+    """``"single"`` or ``"multi"`` from the env's card (a plain gymnasium text env without a card: single)."""
+    try:
+        return env_card(env_id).turns
+    except KeyError:
+        return "single"
+
+
+class EpisodeReward:
+    """A TRL reward function for multi-turn envs: the return of the episode :class:`FSTGRPOTrainer` played.
+
+    Contract: the trainer's rollout function plays each row's episode and hands it to TRL as the extra column
+    ``episode`` (an :meth:`Episode.to_dict` without token ids); this returns ``episode.episode_return(rule)`` per
+    row and, while :attr:`recording` is true, adds ``episode.as_rollout(rule)`` (transcript, every turn's
+    feedback, the return as reward; ``info["step"]`` = the trainer's global step) to ``feedback_buffer``.
+    ``log_metric`` gets ``fst/correct_frac`` (the last turn's verdict), ``fst/format_error_frac`` and
+    ``fst/turns_mean``. A row without an ``episode`` is a caller bug (KeyError).
+    """
+
+    def __init__(self, env_id: str, feedback_buffer: FeedbackBuffer | None = None, *, split: str = "train",
+                 return_rule: str = "sum", **env_kwargs: Any) -> None:
+        if return_rule not in RETURN_RULES:
+            raise ValueError(f"EpisodeReward: return_rule must be one of {list(RETURN_RULES)}, got {return_rule!r}")
+        if split not in SPLITS:
+            raise ValueError(f"EpisodeReward: split must be one of {list(SPLITS)}, got {split!r}")
+        self.env_id = env_id
+        self.split = split
+        self.return_rule = return_rule
+        self.env_kwargs = dict(env_kwargs)
+        self.feedback_buffer = feedback_buffer if feedback_buffer is not None else FeedbackBuffer()
+        self.recording = True
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        if "episode" not in kwargs:
+            raise KeyError("EpisodeReward needs the 'episode' column that FSTGRPOTrainer's rollout function adds")
+        episodes = [Episode.from_dict(e) for e in kwargs["episode"]]
+        if len(episodes) != len(completions):
+            raise ValueError(f"EpisodeReward: {len(episodes)} episodes for {len(completions)} completions")
+        state = kwargs.get("trainer_state")
+        step = int(state.global_step) if state is not None else None
+        rollouts = []
+        for episode in episodes:
+            rollout = episode.as_rollout(self.return_rule)
+            rollout.info["step"] = step
+            rollouts.append(rollout)
+        if self.recording:
+            self.feedback_buffer.extend(rollouts)
+        log_metric = kwargs.get("log_metric")
+        if rollouts and callable(log_metric):
+            log_metric("fst/correct_frac", sum(r.verdict == "correct" for r in rollouts) / len(rollouts))
+            log_metric("fst/format_error_frac", sum(r.verdict == "format_error" for r in rollouts) / len(rollouts))
+            log_metric("fst/turns_mean", sum(len(e.turns) for e in episodes) / len(episodes))
+        return [r.reward for r in rollouts]
 
 
 # ============================================================================================== config
@@ -505,6 +561,14 @@ class FSTGRPOTrainer(GRPOTrainer):
       to every process, and logs the round's scalars through ``Trainer.log`` (so they reach every reporter in
       ``report_to``, TensorBoard included, at the current global step) as ``fast/...`` and ``budget/...``;
       with vLLM, the weights are synced to vLLM on every process before the round;
+    - a multi-turn env (card ``turns="multi"``, or ``multi_turn=True``) is played by the trainer's own TRL
+      ``rollout_func`` (:meth:`play_episodes`): each row is one whole episode of at most ``max_turns`` turns, one
+      TRL sequence whose env-written ids are masked out of the loss (``env_mask``), scored by
+      :class:`EpisodeReward` with its return (``return_rule`` "sum" or "last"); ``max_completion_length`` bounds
+      each turn and ``max_episode_tokens`` (default: ``max_turns`` such turns and 512 tokens per env turn)
+      the whole completion.
+      Fast rounds evaluate candidates on whole episodes too. Generation must not be collective (episodes differ in
+      length across processes): vLLM server mode, colocate TP>1, and ZeRO-3/FSDP without vLLM are refused;
     - checkpoints get ``fst_state.json`` (population, fast learner, buffer, counters), written by the process(es)
       that write TRL's checkpoint; on resume the main process reads it and broadcasts it to every process. The
       training sampler is a :class:`ResumableRepeatSampler`, so a resumed run sees the problems, in the order, of
@@ -526,7 +590,9 @@ class FSTGRPOTrainer(GRPOTrainer):
                  fast_problems: int = 8, feedback_buffer: FeedbackBuffer | None = None,
                  extra_reward_funcs: Sequence[Callable[..., Any]] = (),
                  fast_generate: Callable[[list[list[dict[str, str]]]], list[str]] | None = None,
-                 callbacks: list[TrainerCallback] | None = None, **grpo_kwargs: Any) -> None:
+                 multi_turn: bool | None = None, max_turns: int = 4, max_episode_tokens: int | None = None,
+                 return_rule: str = "sum", callbacks: list[TrainerCallback] | None = None,
+                 **grpo_kwargs: Any) -> None:
         if args is None:
             args = fst_grpo_config(f"{env_id.replace('/', '_')}-FST-GRPO")
         _check_objective(args)
@@ -554,7 +620,21 @@ class FSTGRPOTrainer(GRPOTrainer):
             per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
             feedback_buffer = FeedbackBuffer(max(4 * per_step * max(fast_every, 1), 64))
         self.feedback_buffer = feedback_buffer
-        self.env_reward = EnvReward(env_id, feedback_buffer, split=split, **self.env_kwargs)
+        self.multi_turn = _env_turns(env_id) == "multi" if multi_turn is None else bool(multi_turn)
+        self.split = split
+        if self.multi_turn:
+            self._check_episode_settings(args, max_turns, max_episode_tokens, fast_generate, grpo_kwargs)
+            self.max_turns = max_turns
+            # Default: every turn may use max_completion_length, and each env turn between them up to 512 tokens.
+            self.max_episode_tokens = (max_episode_tokens if max_episode_tokens is not None
+                                       else max_turns * args.max_completion_length + (max_turns - 1) * 512)
+            self.env_reward: EnvReward | EpisodeReward = EpisodeReward(
+                env_id, feedback_buffer, split=split, return_rule=return_rule, **self.env_kwargs)
+            grpo_kwargs["rollout_func"] = self._rollout_episodes
+        else:
+            self.env_reward = EnvReward(env_id, feedback_buffer, split=split, **self.env_kwargs)
+        self._episode_envs = EnvPool()
+        self._rollout_rows: list[dict[str, Any]] | None = None
         if train_dataset is None:
             train_dataset = env_dataset(env_id, split, num_problems, **self.env_kwargs)
         for column in ("prompt", "problem_id"):
@@ -571,8 +651,34 @@ class FSTGRPOTrainer(GRPOTrainer):
         self._check_fast_generation()
         self.add_callback(FastRoundCallback(self))
 
+    @staticmethod
+    def _check_episode_settings(args: GRPOConfig, max_turns: Any, max_episode_tokens: Any, fast_generate: Any,
+                                grpo_kwargs: Mapping[str, Any]) -> None:
+        """Refuse multi-turn settings this trainer cannot honour (before TRL builds anything)."""
+        if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+            raise ValueError(f"FSTGRPOTrainer: max_turns must be an int >= 1, got {max_turns!r}")
+        if max_episode_tokens is not None and (isinstance(max_episode_tokens, bool)
+                                               or not isinstance(max_episode_tokens, int) or max_episode_tokens < 1):
+            raise ValueError(f"FSTGRPOTrainer: max_episode_tokens must be an int >= 1 or None, "
+                             f"got {max_episode_tokens!r}")
+        if "rollout_func" in grpo_kwargs:
+            raise ValueError("FSTGRPOTrainer: a multi-turn env is played by the trainer's own rollout_func; "
+                             "do not pass another")
+        if fast_generate is not None:
+            raise ValueError("FSTGRPOTrainer: fast_generate writes one turn; with a multi-turn env, fast rounds play "
+                             "whole episodes with the trainer's model")
+        if args.use_vllm and (args.vllm_mode == "server" or args.vllm_tensor_parallel_size > 1):
+            raise ValueError("FSTGRPOTrainer: episodes take a different number of turns on each process, so their "
+                             "generation must not be collective; vLLM server mode and colocate TP>1 are; use "
+                             "colocate with vllm_tensor_parallel_size=1 or transformers generation")
+
     def _check_fast_generation(self) -> None:
         """Refuse set-ups where generating on the main process alone would wait forever on the other processes."""
+        if (self.multi_turn and self.accelerator.num_processes > 1 and not self.use_vllm
+                and (self._dist.is_zero3 or self._dist.is_fsdp)):
+            raise ValueError("FSTGRPOTrainer: with ZeRO-3 or FSDP every generate call gathers the weights (a "
+                             "collective), but episodes take a different number of turns on each process; use vLLM "
+                             "colocate (tensor_parallel_size=1)")
         if self.fast_every == 0 or self.fast_generate is not None or self.accelerator.num_processes == 1:
             return
         if self.use_vllm and (self.vllm_mode == "server" or self.vllm_tensor_parallel_size > 1):
@@ -630,10 +736,12 @@ class FSTGRPOTrainer(GRPOTrainer):
         self.last_context_ids = context_ids
         mark = self.feedback_buffer.total_added
         self.env_reward.recording = mode == "train"  # evaluation rollouts must not leak into fast rounds
+        self._rollout_rows = rows  # what a multi-turn rollout needs besides the prompt (problem, split, context)
         try:
             output = super()._generate_and_score_completions(rows)
         finally:
             self.env_reward.recording = True
+            self._rollout_rows = None
         if mode == "train":
             self._share_rollouts(mark)
             groups = [context_ids[i:i + self.num_generations] for i in range(0, len(context_ids), self.num_generations)]
@@ -711,6 +819,14 @@ class FSTGRPOTrainer(GRPOTrainer):
         for key, (env_id, _, _) in zip(keys, problems, strict=True):
             if env_id != self.env_id:
                 raise ValueError(f"FSTGRPOTrainer.fast_evaluate: problem {key!r} is not from {self.env_id}")
+        if self.multi_turn:
+            played = self.play_episodes([(split, pid, NO_CONTEXT_ID, dict(context)) for _, split, pid in problems])
+            rollouts = []
+            for episode, *_ in played:
+                rollout = episode.as_rollout(self.env_reward.return_rule)
+                rollout.info["step"] = self.state.global_step
+                rollouts.append(rollout)
+            return rollouts
         messages = [build_messages(self.env_reward.observation(split, pid), context) for _, split, pid in problems]
         texts = self.fast_generate(messages) if self.fast_generate is not None else self._generate_texts(messages)
         if len(texts) != len(messages):
@@ -718,6 +834,111 @@ class FSTGRPOTrainer(GRPOTrainer):
         return [self.env_reward.judge(split, pid, text, context_id=NO_CONTEXT_ID, context=context,
                                       step=self.state.global_step)
                 for (_, split, pid), text in zip(problems, texts, strict=True)]
+
+    # ------------------------------------------------------------------ multi-turn episodes
+    def _rollout_episodes(self, prompts: list[Any], trainer: Any = None) -> dict[str, Any]:
+        """TRL's ``rollout_func`` for a multi-turn env: one whole episode per row of this process's batch.
+
+        Returns TRL's ``prompt_ids`` (the first turn's prompt), ``completion_ids`` (every turn's sampled ids with
+        the chat-formatted env observations in between), ``env_mask`` (1 on sampled ids, 0 on env ids, so the loss
+        only covers what the policy wrote), ``logprobs`` (the sampler's, 0 on env ids; ``None`` when TRL's
+        generation gives none) and the extra column ``episode`` that :class:`EpisodeReward` scores.
+        """
+        rows = self._rollout_rows
+        if rows is None or len(rows) != len(prompts):
+            raise RuntimeError("FSTGRPOTrainer: the multi-turn rollout runs inside _generate_and_score_completions, "
+                               "which sets the rows it plays")
+        starts = [(str(row.get("split") or self.split), int(row["problem_id"]),
+                   int(row.get("context_id", NO_CONTEXT_ID)), _context_from(row.get("context"))) for row in rows]
+        played = self.play_episodes(starts)
+        logprobs = [lp for *_, lp in played]
+        return {"prompt_ids": [p for _, p, _, _, _ in played], "completion_ids": [c for _, _, c, _, _ in played],
+                "env_mask": [m for _, _, _, m, _ in played],
+                "logprobs": None if any(lp is None for lp in logprobs) else logprobs,
+                "episode": [episode.without_tokens().to_dict() for episode, *_ in played]}
+
+    def play_episodes(self, starts: Sequence[tuple[str, int, int, Mapping[str, str]]]
+                      ) -> list[tuple[Episode, list[int], list[int], list[int], list[float] | None]]:
+        """Play one episode per (split, problem id, context id, context) with the current model, token-exactly.
+
+        Turn ``k+1`` is generated from exactly the ids trained on: the first prompt (TRL's own tokenisation),
+        then every earlier turn's sampled ids and the chat template's user turn for each env observation
+        (:meth:`user_turn_ids`). All active episodes generate in one TRL call per turn (this process only, no
+        collective). An episode ends when the env terminates or truncates it, after ``max_turns`` turns, or when
+        its completion would exceed ``max_episode_tokens`` (sampled + env ids; the last turn is cut there).
+        Returns (episode, prompt ids, completion ids, env mask, sampler log-probs or ``None``) per start.
+        """
+        by_split: dict[str, list[int]] = {}
+        for i, (split, *_rest) in enumerate(starts):
+            by_split.setdefault(split, []).append(i)
+        envs: list[gym.Env | None] = [None] * len(starts)
+        for split, indices in by_split.items():
+            for i, env in zip(indices, self._episode_envs.take(self.env_id, len(indices), split=split,
+                                                                **self.env_kwargs), strict=True):
+                envs[i] = env
+        episodes, pending = [], []
+        for (split, pid, cid, context), env in zip(starts, envs, strict=True):
+            observation, _ = env.reset(options={"problem_id": int(pid)})
+            episodes.append(Episode(group=problem_key(self.env_id, split, pid), context_id=int(cid),
+                                    context=dict(context)))
+            pending.append(observation)
+        prompt_ids, _, _ = self._tokenize_prompts([build_messages(o, c) for o, (*_, c) in zip(pending, starts,
+                                                                                              strict=True)])
+        prompt_ids = [list(p) for p in prompt_ids]
+        tails: list[list[int]] = [[] for _ in starts]
+        masks: list[list[int]] = [[] for _ in starts]
+        logprobs: list[list[float] | None] = [[] for _ in starts]
+        eos = set(self.eos_token_ids)
+        active = list(range(len(starts)))
+        while active:
+            ids_out, lps_out = self._generate_single_turn([prompt_ids[i] + tails[i] for i in active], None, {}, 1)
+            still = []
+            for j, i in enumerate(active):
+                ids = list(ids_out[j])[: self.max_episode_tokens - len(tails[i])]
+                cut = len(ids) < len(ids_out[j])
+                text = self.processing_class.decode(ids, skip_special_tokens=True)
+                observation, reward, terminated, truncated, info = envs[i].step(text)
+                episode = episodes[i]
+                turn_lps = None if lps_out is None or logprobs[i] is None else [float(x) for x in lps_out[j][:len(ids)]]
+                episode.turns.append(Turn(observation=pending[i], completion=text, prompt_ids=prompt_ids[i] + tails[i],
+                                          completion_ids=ids, old_logprobs=turn_lps or [], reward=float(reward),
+                                          feedback=str(info.get("feedback", "")), verdict=str(info.get("verdict", "")),
+                                          hint=str(info.get("hint") or "")))
+                tails[i] += ids
+                masks[i] += [1] * len(ids)
+                logprobs[i] = None if turn_lps is None else logprobs[i] + turn_lps
+                episode.terminated, episode.truncated = bool(terminated), bool(truncated)
+                if episode.done:
+                    continue
+                if len(episode.turns) >= self.max_turns:
+                    episode.truncated, episode.info["stopped"] = True, "max_turns"
+                    continue
+                user = self.user_turn_ids(str(observation), after_eos=bool(ids) and ids[-1] in eos)
+                if cut or len(tails[i]) + len(user) >= self.max_episode_tokens:
+                    episode.truncated, episode.info["stopped"] = True, "max_context"
+                    continue
+                tails[i] += user
+                masks[i] += [0] * len(user)
+                if logprobs[i] is not None:
+                    logprobs[i] += [0.0] * len(user)
+                pending[i] = str(observation)
+                still.append(i)
+            active = still
+        return [(episode, prompt_ids[i], tails[i], masks[i], logprobs[i]) for i, episode in enumerate(episodes)]
+
+    def user_turn_ids(self, observation: str, *, after_eos: bool) -> list[int]:
+        """The ids that close the policy's turn and pose ``observation`` as the next user turn, up to the
+        assistant's generation prompt, as the chat template writes them (``after_eos``: the sampled turn already
+        ended with the eos token, which the template's end-of-turn then does not repeat)."""
+        marker = "\u2063fst-assistant-turn\u2063"  # text no template writes: where the assistant content ends
+        text = self.processing_class.apply_chat_template(
+            [{"role": "user", "content": "."}, {"role": "assistant", "content": marker},
+             {"role": "user", "content": observation}], tokenize=False, add_generation_prompt=True,
+            **getattr(self, "chat_template_kwargs", None) or {})
+        ids = self.processing_class(text[text.index(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+        if after_eos and ids and ids[0] in set(self.eos_token_ids):
+            ids = ids[1:]
+        return list(ids)
 
     def _generate_texts(self, messages: list[list[dict[str, str]]]) -> list[str]:
         """Sample one completion per prompt with TRL's own tokenisation and generation path (transformers or vLLM)."""
@@ -775,7 +996,7 @@ class FSTGRPOTrainer(GRPOTrainer):
             return
         self.load_fst_state_dict(payload[0])
 
-__all__ = ["DEFAULT_EPSILON_HIGH", "FST_STATE_NAME", "NO_CONTEXT_ID", "SUPPORTED_TRL", "EnvReward",
+__all__ = ["DEFAULT_EPSILON_HIGH", "FST_STATE_NAME", "NO_CONTEXT_ID", "SUPPORTED_TRL", "EnvReward", "EpisodeReward",
            "FSTGRPOTrainer", "FastRoundCallback", "FeedbackBuffer", "ResumableRepeatSampler", "build_messages",
            "check_trl_version", "completion_text", "env_dataset", "fst_grpo_config", "parse_problem_key",
            "problem_key", "with_context"]
