@@ -433,7 +433,7 @@ class FSTAgent:
         ``reward_mean`` and ``per_problem`` (each problem's mean correctness, in problem order, for
         :func:`fst_env.metrics.paired_difference` between arms).
         """
-        from fst_env.metrics import accuracy_with_interval
+        from fst_env.stats import accuracy_with_interval
 
         env_id = env_id or self.env_id
         kwargs = env_kwargs or (self.env_kwargs if env_id == self.env_id else {})
