@@ -243,6 +243,19 @@ class FSTAgent:
         self.recent: deque[Episode] = deque(maxlen=4 * c.group_size * c.groups_per_step * c.fast_every)
         self.counters = dict(_COUNTERS)
 
+    @property
+    def backend(self) -> Any:
+        """The generation backend every rollout, fast-round and evaluation episode is sampled from."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Any) -> None:
+        # The episode runner samples through the agent's backend: a backend swapped after construction (a
+        # wrapper, a served engine) must reach it too, not only the agent's attribute.
+        self._backend = backend
+        if getattr(self, "runner", None) is not None:
+            self.runner.backend = backend
+
     # ------------------------------------------------------------------ tasks and prompts
     def set_task(self, env_id: str, **env_kwargs: Any) -> None:
         """Train on ``env_id`` from now on (continual learning hands the same agent from task to task)."""
