@@ -13,6 +13,12 @@ single-turn rollout is the one-turn episode of the same code.
 Log-probs everywhere here are ``log_softmax(logits / temperature)`` in float32, the quantity the generation
 backends return (:mod:`fst_env.backends.base`); give the learner the sampling temperature and the first
 step's ratio is 1 up to float numerics.
+
+This module holds the learner itself (:class:`LoraSettings`, :class:`SlowLearner` and the step's plan); the
+loss formulas and advantages live in :mod:`fst_env.agents.losses` and the token scoring (:class:`TokenBatch`,
+:func:`token_logprobs`, :func:`measure_drift`) in :mod:`fst_env.agents.tokens`, so each can be read and used
+without the optimizer and adapter handling here. Every name those modules define publicly is re-exported here,
+so ``from fst_env.agents.slow import X`` keeps working for all of them.
 """
 
 from __future__ import annotations
@@ -21,186 +27,37 @@ import copy
 import json
 import math
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_model
 
 from fst_env.agents.episodes import RETURN_RULES, Episode
+from fst_env.agents.losses import (
+    LOSSES,
+    LossName,
+    _reduce,
+    cispo_loss,
+    group_advantages,
+    grpo_clip_loss,
+    kl_k3,
+    reinforce_loss,
+)
 from fst_env.agents.rollout import Rollout
+from fst_env.agents.tokens import Piece, TokenBatch, TokenScores, measure_drift, token_logprobs
 from fst_env.atomic import atomic_directory
 from fst_env.models import Policy, seeded
-from fst_env.peft_utils import core_model, has_adapters, is_peft
+from fst_env.peft_utils import has_adapters, is_peft
 
-LossName = Literal["cispo", "grpo_clip", "reinforce"]
-LOSSES: tuple[str, ...] = ("cispo", "grpo_clip", "reinforce")
-
+# Every public name of agents/losses.py and agents/tokens.py is imported above (and used here), so the import
+# path of the time they lived in this module still works.
 _STATE_FORMAT = 1
 
 
-# ------------------------------------------------------------------------------------------------ losses
-def _sequence_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over each sequence's real tokens (a sequence with none gives 0)."""
-    return (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
-def _reduce(token_values: torch.Tensor, mask: torch.Tensor, row_weights: torch.Tensor | None) -> torch.Tensor:
-    """Sequence mean then batch mean (``row_weights`` None), or ``sum_b row_weights[b] * sum_t value[b, t]``:
-    the slow learner's weights make that the mean over episodes of each episode's token mean."""
-    if row_weights is None:
-        return _sequence_mean(token_values, mask).mean()
-    return ((token_values * mask).sum(-1) * row_weights).sum()
-
-
-def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-               mask: torch.Tensor, tau: float = 4.0, row_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """CISPO: ``-sg(min(rho, tau)) * A * logprobs`` per token, averaged per sequence, then over sequences.
-
-    Shapes: ``logprobs``, ``old_logprobs``, ``mask``: [B, T]; ``advantages``: [B]. ``rho`` is computed from
-    detached log-probs, so the gradient is ``-min(rho, tau) * A * grad log pi`` for every token. ``row_weights``
-    [B] replaces the two means by a weighted token sum (see :func:`_reduce`).
-    """
-    mask = mask.to(logprobs.dtype)
-    weight = torch.exp(logprobs.detach() - old_logprobs).clamp(max=tau)
-    token_loss = -weight * advantages[:, None] * logprobs
-    return _reduce(token_loss, mask, row_weights)
-
-
-def grpo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                   mask: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.2,
-                   row_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """PPO/GRPO clipped surrogate ``-min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)``, sequence- then batch-mean.
-
-    Tokens whose clipped term is the minimum get no gradient (the trust region CISPO avoids).
-    """
-    mask = mask.to(logprobs.dtype)
-    ratio = torch.exp(logprobs - old_logprobs)
-    adv = advantages[:, None]
-    token_loss = -torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
-    return _reduce(token_loss, mask, row_weights)
-
-
-def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                   row_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """On-policy REINFORCE with a baseline: ``-A * logprobs`` per token, sequence- then batch-mean."""
-    mask = mask.to(logprobs.dtype)
-    return _reduce(-advantages[:, None] * logprobs, mask, row_weights)
-
-
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref) on tokens sampled from pi: ``exp(d) - d - 1``, ``d = ref - logp``.
-
-    Non-negative and unbiased, with much lower variance than ``-d`` (Schulman's k3).
-    """
-    delta = ref_logprobs - logprobs
-    return torch.exp(delta) - delta - 1
-
-
-def group_advantages(rewards: Sequence[float] | torch.Tensor, groups: Sequence[Hashable],
-                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Group-normalised advantages ``(r - mean_g) / (std_g + eps)``, one normalisation per group.
-
-    A group is every rollout sharing a ``groups`` key (a problem), across all contexts it was tried with;
-    ``std`` is the population std. Returns ``(advantages [N] float32, kept [N] bool, n_zero_variance_groups)``:
-    a group whose rewards are all equal (a single rollout included) has no learning signal, so its rollouts get
-    advantage 0 and ``kept = False``.
-    """
-    values = torch.as_tensor(rewards, dtype=torch.float64).flatten()
-    if len(groups) != values.numel():
-        raise ValueError(f"group_advantages: {values.numel()} rewards but {len(groups)} group keys")
-    if not torch.isfinite(values).all():
-        raise ValueError("group_advantages: rewards must be finite")
-    members: dict[Hashable, list[int]] = {}
-    for index, key in enumerate(groups):
-        members.setdefault(key, []).append(index)
-    advantages = torch.zeros_like(values)
-    kept = torch.zeros(values.numel(), dtype=torch.bool)
-    zero_variance = 0
-    for indices in members.values():
-        group = values[indices]
-        if bool(group.max() == group.min()):
-            zero_variance += 1
-            continue
-        advantages[indices] = (group - group.mean()) / (group.std(correction=0) + eps)
-        kept[indices] = True
-    return advantages.float(), kept, zero_variance
-
-
-# ------------------------------------------------------------------------------------------ token scoring
-@dataclass
-class TokenBatch:
-    """Prompts left-padded to one width, completions right-padded after them: ``[pad.. prompt | completion ..pad]``.
-
-    This is the layout the generation backend decodes in, with positions counting real tokens only, so a
-    completion token's log-prob here is computed as at sampling time. ``targets``/``mask``: [B, C].
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    targets: torch.Tensor
-    mask: torch.Tensor
-
-    @classmethod
-    def collate(cls, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                pad_id: int, device: torch.device | str) -> TokenBatch:
-        """Pack token lists (every prompt non-empty) into one padded batch on ``device``."""
-        if len(prompt_ids) != len(completion_ids) or not prompt_ids:
-            raise ValueError("TokenBatch.collate: need as many prompts as completions, at least one")
-        if any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("TokenBatch.collate: a prompt has no tokens (nothing to predict its completion from)")
-        width = max(len(p) for p in prompt_ids)
-        length = max(max(len(c) for c in completion_ids), 1)
-        batch = len(prompt_ids)
-        input_ids = torch.full((batch, width + length), pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width + length), dtype=torch.long)
-        targets = torch.full((batch, length), pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.float32)
-        for row, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-            start = width - len(prompt)
-            input_ids[row, start:width] = torch.as_tensor(list(prompt), dtype=torch.long)
-            attention[row, start:width] = 1
-            if completion:
-                ids = torch.as_tensor(list(completion), dtype=torch.long)
-                input_ids[row, width:width + len(completion)] = ids
-                attention[row, width:width + len(completion)] = 1
-                targets[row, :len(completion)] = ids
-                mask[row, :len(completion)] = 1.0
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        return cls(input_ids.to(device), attention.to(device), positions.to(device), targets.to(device),
-                   mask.to(device))
-
-
-def token_logprobs(model: Any, batch: TokenBatch, *, temperature: float = 1.0, with_entropy: bool = False,
-                   autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token ``log_softmax(logits / temperature)`` of ``batch.targets`` [B, C] (differentiable), and
-    optionally the per-token entropy of that distribution [B, C] (detached). Padding positions hold junk:
-    multiply by ``batch.mask``. ``autocast``: run the model's matmuls under bfloat16 autocast (the weights, LoRA
-    included, stay in their own dtype; the log-softmax is float32 either way).
-    """
-    length = batch.targets.shape[1]
-    device_type = batch.input_ids.device.type
-    # The last input token predicts nothing we score; only the logits over the completion span are computed.
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
-                                   logits_to_keep=length).logits
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    normaliser = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, batch.targets[..., None]).squeeze(-1) - normaliser
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            detached = logits.detach()
-            entropy = normaliser.detach() - (torch.softmax(detached, dim=-1) * detached).sum(-1)
-    return logprobs, entropy
-
-
+# ------------------------------------------------------------------------------------------------ the plan
 @dataclass
 class StepPlan:
     """What one slow step trains: ``episodes`` with their ``returns``, the indices of the ``trained`` ones (kept
@@ -217,96 +74,6 @@ class StepPlan:
     episode_of: list[int]
     advantages: list[float]
     weights: list[float]
-
-
-@dataclass
-class TokenScores:
-    """Per-rollout, per-completion-token log-probs (and entropies when asked), as plain lists."""
-
-    logprobs: list[list[float]]
-    entropy: list[list[float]] | None = None
-
-
-class Piece(Protocol):
-    """One (prompt, completion) token record the learner scores: a :class:`Rollout` or an episode's Turn."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    old_logprobs: list[float]
-
-
-# ------------------------------------------------------------------------------------------- KL drift
-def measure_drift(model: Any, pieces: Sequence[Any], *, base: Any, temperature: float = 1.0, pad_id: int = 0,
-                  device: torch.device | str = "cpu", micro_batch_size: int = 8) -> dict[str, float]:
-    """Per-token KL(current || base) and entropy of the current weights at every completion position of
-    ``pieces`` (anything with ``prompt_ids`` and ``completion_ids``: rollouts, turns, generations).
-
-    ``base`` is where the base distribution comes from: ``"adapter"`` (the same module with its PEFT adapter
-    disabled: no second copy), a module (full fine-tuning's frozen copy), or ``None`` (nothing trained: the
-    current weights are the base and the KL is exactly 0). Both distributions are ``log_softmax(logits /
-    temperature)`` over the whole vocabulary, as the learner scores tokens. Returns ``kl`` (the exact KL
-    ``sum_v p(v) (log p(v) - log q(v))`` averaged over positions; a position's float sum below 0 is clipped to 0),
-    ``kl_exact`` (1.0), ``kl_k3`` (mean of ``exp(d) - d - 1``, ``d = log q - log p`` on the sampled tokens),
-    ``kl_sampled`` (mean of ``-d``: the plain Monte-Carlo estimate, may be negative), ``entropy`` (mean exact
-    entropy, nats), ``n_tokens``, ``n_sequences`` and ``mean_length``; NaN figures when no piece has tokens.
-    """
-    sums = {"kl": 0.0, "k3": 0.0, "sampled": 0.0, "entropy": 0.0, "tokens": 0.0}
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(pieces), micro_batch_size):
-            chunk = [p for p in pieces[start:start + micro_batch_size] if p.completion_ids]
-            if not chunk:
-                continue
-            batch = TokenBatch.collate([p.prompt_ids for p in chunk], [p.completion_ids for p in chunk], pad_id,
-                                       device)
-            current = _position_logprobs(model, batch, temperature)
-            if base == "adapter":
-                with model.disable_adapter():
-                    reference = _position_logprobs(model, batch, temperature)
-            elif base is not None:
-                reference = _position_logprobs(base, batch, temperature)
-            else:
-                reference = current
-            _accumulate(sums, current, reference, batch)
-    finally:
-        model.train(was_training)
-    tokens = sums["tokens"]
-    nan = float("nan")
-    return {"kl": sums["kl"] / tokens if tokens else nan, "kl_exact": 1.0,
-            "kl_k3": sums["k3"] / tokens if tokens else nan, "kl_sampled": sums["sampled"] / tokens if tokens else nan,
-            "entropy": sums["entropy"] / tokens if tokens else nan, "n_tokens": tokens,
-            "n_sequences": float(len(pieces)), "mean_length": tokens / len(pieces) if pieces else nan}
-
-
-def _position_logprobs(model: Any, batch: TokenBatch, temperature: float) -> torch.Tensor:
-    """``log_softmax(logits / temperature)`` over the vocabulary at every completion position, [B, C, V] float32
-    (the forward of :func:`token_logprobs`, keeping the whole distribution), no grad."""
-    length = batch.targets.shape[1]
-    with torch.no_grad():
-        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
-                                   logits_to_keep=length).logits.float()
-        return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-
-
-def _accumulate(sums: dict[str, float], current: torch.Tensor, base: torch.Tensor, batch: TokenBatch) -> None:
-    """Add one micro-batch's masked position sums (float64: many small terms) to ``sums``."""
-    mask = batch.mask.double()
-    targets = batch.targets[..., None]
-    current_tokens = current.gather(-1, targets).squeeze(-1)
-    base_tokens = base.gather(-1, targets).squeeze(-1)
-    # Padding positions hold junk log-probs: zero them before exp (inf * 0 would be NaN).
-    current_tokens, base_tokens = current_tokens.double() * mask, base_tokens.double() * mask
-    sums["sampled"] += float((current_tokens - base_tokens).sum())
-    sums["k3"] += float((kl_k3(current_tokens, base_tokens) * mask).sum())  # the same k3 the training step uses
-    probs = current.exp()
-    # 0 * log 0 = 0: a token with probability exactly 0 (log-prob -inf) contributes nothing.
-    entropy = -torch.where(probs > 0, probs * current, 0.0).sum(-1)
-    sums["entropy"] += float((entropy.double() * mask).sum())
-    per_position = torch.where(probs > 0, probs * (current - base), 0.0).sum(-1).clamp(min=0.0)
-    sums["kl"] += float((per_position.double() * mask).sum())
-    sums["tokens"] += float(mask.sum())
 
 
 # ------------------------------------------------------------------------------------------------ learner
