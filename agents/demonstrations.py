@@ -23,6 +23,7 @@ from typing import Any
 
 from gepa.proposer.reflective_mutation.reflection_lm import ReflectionProposal
 
+from fst_env.agents.bookkeeping import is_training_key
 from fst_env.agents.fast_bridge import EvaluateFn, ReflectiveDataset, clean_text
 from fst_env.agents.fast_round import GepaFastLearner
 from fst_env.agents.population import ContextPopulation
@@ -38,10 +39,8 @@ def chars_over_four(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def training_key(key: str) -> bool:
-    """True when a problem key (``env/split/id``) names a training problem; held-out splits are refused."""
-    parts = key.rsplit("/", 2)
-    return len(parts) == 3 and parts[1] == "train"
+#: True when a problem key (``env/split/id``) names a training problem; held-out splits are refused.
+training_key = is_training_key
 
 
 class DemonstrationsProposer:

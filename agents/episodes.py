@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from fst_env.agents.rollout import Rollout
 from fst_env.context import Context, render_context
@@ -39,6 +40,31 @@ def turn_seed(seed: int, turn: int) -> int:
         return int(seed)
     digest = hashlib.blake2b(f"fst-turn|{seed}|{turn}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % 2**31
+
+
+def task_name(env_id: str, env_kwargs: Mapping[str, Any]) -> str:
+    """A stable name for an env made with these kwargs (as the loop's ``Stage.task``)."""
+    if not env_kwargs:
+        return env_id
+    return env_id + "[" + ",".join(f"{k}={v}" for k, v in sorted(env_kwargs.items())) + "]"
+
+
+def eval_seed(seed: int, task: str, split: str, problem_id: int, sample: int) -> int:
+    """The sampling seed of held-out sample ``sample`` of ``problem_id``: a hash of (config seed, task, split,
+    problem, sample), stable across processes (blake2b, not Python's salted ``hash``), in ``[0, 2**31)``."""
+    digest = hashlib.blake2b(f"fst-eval|{seed}|{task}|{split}|{problem_id}|{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**31
+
+
+def info_at(infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, i: int) -> Mapping[str, Any]:
+    """Row ``i`` of a vector env's dict-of-arrays infos, or of a list of per-env info dicts."""
+    if infos is None:
+        return {}
+    if isinstance(infos, Mapping):
+        return {k: v[i] for k, v in infos.items()
+                if not k.startswith("_") and isinstance(v, (np.ndarray, list, tuple)) and len(v) > i
+                and bool(infos.get(f"_{k}", np.ones(i + 1, dtype=bool))[i])}
+    return infos[i]
 
 
 @dataclass

@@ -23,7 +23,6 @@ differ in exactly one thing.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import itertools
@@ -31,7 +30,6 @@ import json
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fst_env.agents.bookkeeping import NO_CONTEXT_ID, BudgetCounters, EpisodeBuffer, fast_round_rollouts, problem_key
 from fst_env.agents.demonstrations import DemonstrationFastLearner
 from fst_env.agents.episodes import (
     RETURN_RULES,
@@ -48,6 +47,9 @@ from fst_env.agents.episodes import (
     EpisodeLimits,
     EpisodeRunner,
     EpisodeStart,
+    eval_seed,
+    info_at,
+    task_name,
     turn_seed,
 )
 from fst_env.agents.fast import EvidenceAcceptance, NotesFastLearner, ReflectiveFastLearner
@@ -190,7 +192,8 @@ def _check_backend(name: Any, kwargs: Any) -> None:
 #: Most episodes an evaluation plays at once (one env each).
 EVAL_CHUNK = 64
 
-#: The agent's budget counters (a checkpoint restores them; one from an older version lacks some: they start at 0).
+#: The agent's own budget counters, besides the fast-round ones every :class:`BudgetCounters` holds (a checkpoint
+#: restores them; one from an older version lacks some: they start at 0).
 _COUNTERS: dict[str, float] = {"update": 0, "slow_steps": 0, "fast_rounds": 0, "rl_samples": 0, "rl_turns": 0,
                                "fast_rollouts": 0, "reflection_calls": 0, "skipped_steps": 0, "wall_time_s": 0.0}
 
@@ -240,8 +243,9 @@ class FSTAgent:
         self.set_task(env_id, **dict(env_kwargs or {}))
         self.pending: list[Episode] = []   # acted on, not yet observed (the act/observe layer)
         self.batch: list[Episode] = []     # observed, waiting for the next update (the act/observe layer)
-        self.recent: deque[Episode] = deque(maxlen=4 * c.group_size * c.groups_per_step * c.fast_every)
-        self.counters = dict(_COUNTERS)
+        # The episodes the next fast round draws its problems and evidence from (text only, see _seen).
+        self.recent = EpisodeBuffer(4 * c.group_size * c.groups_per_step * c.fast_every)
+        self.counters = BudgetCounters(_COUNTERS)
 
     @property
     def backend(self) -> Any:
@@ -328,12 +332,10 @@ class FSTAgent:
             return {}
         start = time.perf_counter()
         c = self.config
-        keys = list(dict.fromkeys(e.group for e in reversed(self.recent)))[: c.fast_problems]
+        keys = self.recent.problem_keys(c.fast_problems)
         recent = [e.as_rollout(c.return_rule) for e in self.recent]
         round_metrics = self.fast.round(self.population, self._evaluate, recent, keys)
-        self.counters["fast_rounds"] += 1
-        self.counters["fast_rollouts"] += int(round_metrics.get("metric_calls", 0))
-        self.counters["reflection_calls"] += int(round_metrics.get("reflection_calls", 0))
+        self.counters.count_fast_round(round_metrics)
         self.counters["wall_time_s"] += time.perf_counter() - start
         return dict(round_metrics)
 
@@ -343,7 +345,7 @@ class FSTAgent:
 
     def budget(self) -> dict[str, Any]:
         """The budget counters as ``budget/*`` metrics, plus ``population/size``."""
-        return {**{f"budget/{k}": v for k, v in self.counters.items()}, "population/size": len(self.population)}
+        return {**self.counters.as_metrics(), "population/size": len(self.population)}
 
     # ------------------------------------------------------------------ act / observe / update: the README loop
     def act(self, observations: Sequence[str], infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
@@ -355,7 +357,7 @@ class FSTAgent:
         """
         if self.pending:
             raise RuntimeError("FSTAgent.act: the previous actions were not observed; call observe() first")
-        groups = [self._group_key(obs, _info_at(infos, i)) for i, obs in enumerate(observations)]
+        groups = [self._group_key(obs, info_at(infos, i)) for i, obs in enumerate(observations)]
         context_ids: list[int] = [0] * len(groups)
         for group in dict.fromkeys(groups):
             members = [i for i, g in enumerate(groups) if g == group]
@@ -374,7 +376,7 @@ class FSTAgent:
         if len(rewards) != len(self.pending):
             raise ValueError(f"FSTAgent.observe: {len(rewards)} rewards for {len(self.pending)} pending actions")
         for i, episode in enumerate(self.pending):
-            self.runner.record(episode, "", float(rewards[i]), True, False, _info_at(infos, i))
+            self.runner.record(episode, "", float(rewards[i]), True, False, info_at(infos, i))
         self.batch.extend(self.pending)
         self._seen(self.pending)
         self.pending = []
@@ -411,18 +413,19 @@ class FSTAgent:
 
     def _evaluate(self, context: Context, problem_keys: list[str]) -> list[Rollout]:
         """Fast-round evaluation: the current policy with ``context``, one whole episode per problem key."""
+        return fast_round_rollouts(context, problem_keys, self._play_problems, return_rule=self.config.return_rule)
+
+    def _play_problems(self, problems: list[tuple[str, str, int]], context: Context) -> list[Episode]:
+        """One episode per (env id, split, problem id) under ``context`` (not a population member), played together."""
         wanted: dict[tuple[str, str], int] = {}
-        for key in problem_keys:
-            env_id, split, _ = key.rsplit("/", 2)
+        for env_id, split, _ in problems:
             wanted[(env_id, split)] = wanted.get((env_id, split), 0) + 1
         pools = {(env_id, split): iter(self.envs.take(env_id, n, **{**self._kwargs_for(env_id), "split": split}))
                  for (env_id, split), n in wanted.items()}
-        starts = []
-        for key in problem_keys:
-            env_id, split, problem_id = key.rsplit("/", 2)
-            starts.append(EpisodeStart(next(pools[(env_id, split)]), {"problem_id": int(problem_id)}, -1,
-                                       dict(context), group=key))
-        return [e.as_rollout(self.config.return_rule) for e in self.runner.play(starts, self.sampling)]
+        starts = [EpisodeStart(next(pools[(env_id, split)]), {"problem_id": problem_id}, NO_CONTEXT_ID,
+                               dict(context), group=problem_key(env_id, split, problem_id))
+                  for env_id, split, problem_id in problems]
+        return self.runner.play(starts, self.sampling)
 
     def _kwargs_for(self, env_id: str) -> dict[str, Any]:
         return dict(self.env_kwargs) if env_id == self.env_id else {}
@@ -460,12 +463,13 @@ class FSTAgent:
 
         def starts(problem_ids: Sequence[int]) -> list[EpisodeStart]:
             envs = self.envs.take(env_id, len(problem_ids), **make)
-            return [EpisodeStart(env, {"problem_id": p}, -1, dict(context), group=f"{env_id}/{split}/{p}")
+            return [EpisodeStart(env, {"problem_id": p}, NO_CONTEXT_ID, dict(context),
+                                 group=problem_key(env_id, split, p))
                     for env, p in zip(envs, problem_ids, strict=True)]
 
         episodes: list[Episode] = []
         sampling = {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "top_p": c.top_p}
-        task = _task_name(env_id, kwargs)
+        task = task_name(env_id, kwargs)
         seeds = [eval_seed(c.seed, task, split, p, i % k) for i, p in enumerate(rows)]
         row_seeds = getattr(self.backend, "supports_row_seeds", False)
         if greedy or row_seeds:
@@ -518,7 +522,9 @@ class FSTAgent:
 
     def _group_key(self, observation: str, info: Mapping[str, Any]) -> str:
         if info.get("problem_id") is not None:
-            return f"{self.env_id}/{info.get('split', 'train')}/{int(info['problem_id'])}"
+            return problem_key(self.env_id, info.get("split", "train"), info["problem_id"])
+        # No problem id: group by the observation text; "text" is no split, so this key never parses as a
+        # problem key and a fast round cannot replay it.
         return f"{self.env_id}/text/{abs(hash(observation)) % 10**12}"
 
     # ------------------------------------------------------------------ checkpoints
@@ -534,7 +540,7 @@ class FSTAgent:
                      "counters": self.counters, "population": self.population.state_dict(),
                      "fast": self.fast.state_dict() if self.fast is not None else None,
                      "rng": _rng_to_json(self.rng.getstate()), "batch": [e.to_dict() for e in self.batch],
-                     "recent": [e.to_dict() for e in self.recent]}
+                     "recent": self.recent.state_dict()}
             (tmp / "agent.json").write_text(json.dumps(state))
             torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
 
@@ -552,14 +558,13 @@ class FSTAgent:
             self.slow.load(directory / "slow")
             self.backend.update_weights()
         self.set_task(state["env_id"], **state["env_kwargs"])
-        self.counters = {**_COUNTERS, **state["counters"]}
+        self.counters.restore(state["counters"])
         self.population.load_state_dict(state["population"])
         if self.fast is not None and state["fast"] is not None:
             self.fast.load_state_dict(state["fast"])
         self.rng.setstate(_rng_from_json(state["rng"]))
         self.batch = [Episode.from_dict(e) for e in state["batch"]]
-        self.recent.clear()
-        self.recent.extend(Episode.from_dict(e) for e in state["recent"])
+        self.recent.load_state_dict(state["recent"])  # a list of episode dicts in checkpoints before the buffer
         torch.set_rng_state(torch.load(directory / "torch_rng.pt", weights_only=True))
 
     def close(self) -> None:
@@ -579,31 +584,6 @@ class PromptAgent(FSTAgent):
 
     def __init__(self, policy: Policy, env_id: str, config: FSTConfig | None = None, **kwargs: Any) -> None:
         super().__init__(policy, env_id, replace(config or FSTConfig(), fast=True, slow=False), **kwargs)
-
-
-def _task_name(env_id: str, env_kwargs: Mapping[str, Any]) -> str:
-    """A stable name for an env made with these kwargs (as the loop's ``Stage.task``)."""
-    if not env_kwargs:
-        return env_id
-    return env_id + "[" + ",".join(f"{k}={v}" for k, v in sorted(env_kwargs.items())) + "]"
-
-
-def eval_seed(seed: int, task: str, split: str, problem_id: int, sample: int) -> int:
-    """The sampling seed of held-out sample ``sample`` of ``problem_id``: a hash of (config seed, task, split,
-    problem, sample), stable across processes (blake2b, not Python's salted ``hash``), in ``[0, 2**31)``."""
-    digest = hashlib.blake2b(f"fst-eval|{seed}|{task}|{split}|{problem_id}|{sample}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 2**31
-
-
-def _info_at(infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, i: int) -> Mapping[str, Any]:
-    """Row ``i`` of a vector env's dict-of-arrays infos, or of a list of per-env info dicts."""
-    if infos is None:
-        return {}
-    if isinstance(infos, Mapping):
-        return {k: v[i] for k, v in infos.items()
-                if not k.startswith("_") and isinstance(v, (np.ndarray, list, tuple)) and len(v) > i
-                and bool(infos.get(f"_{k}", np.ones(i + 1, dtype=bool))[i])}
-    return infos[i]
 
 
 def _rng_to_json(state: tuple) -> list:
