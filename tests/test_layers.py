@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     # 4 the training driver: loop, checkpoints, run config, measurements, harness, plots, trainer integrations
     **dict.fromkeys(("loop", "checkpoints", "config", "metrics", "harness", "plots", "integrations"), 4),
     # 5 entry points
-    **dict.fromkeys(("cli", "reproduce", "readme_table"), 5),
+    **dict.fromkeys(("cli", "reproduce", "reproduce_analysis", "reproduce_report", "readme_table"), 5),
 }
 
 #: Imports that run upward today, each with the reason it is still there; the test fails on any other.

@@ -13,6 +13,7 @@ import pytest
 from fst_env import reproduce as rp
 from fst_env.cli import main, make_parser
 from fst_env.metrics import _sigmoid
+from fst_env.reproduce_report import _baseline_check
 
 # Seconds, not minutes: 2 seeds, 2 updates per arm, 2 held-out problems, 8-token completions.
 MINI = ["reproduce", "--model", "tiny", "--quick", "--seeds", "2", "--set", "reproduce.steps=2",
@@ -321,4 +322,4 @@ def test_shared_baseline_check_names_the_seeds_that_differ():
     other["per_problem"][0] = [1.0, 0.0, 1.0, 0.0]
     check = rp.shared_baseline({"fst": {"0": same, "1": same}, "rl": {"0": same, "1": other}})
     assert check == {"seeds_checked": 2, "seeds_identical": 1, "differing": [1]}
-    assert "**Check failed**" in rp._baseline_check({"shared_baseline": check})
+    assert "**Check failed**" in _baseline_check({"shared_baseline": check})
