@@ -38,7 +38,7 @@ from fst_env.backends.hf import HFBackend
 from fst_env.models import Policy, tiny_policy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_breakdown import measure
+from step_breakdown import PHASES, measure
 
 ENV_ID = "gpucheck/Charset-v0"
 SHAPES = {
@@ -155,10 +155,10 @@ def updates_section(args: argparse.Namespace, shape: str, settings: dict) -> tup
     phases, checks = {}, {}
     for mode in ("rl", "fst"):
         policy = policy_for(shape, args.device, torch.bfloat16)
-        phases[mode], history = measure(mode, step_args, policy=policy, env_kwargs={}, warmup=1)
+        phases[mode], history = measure(mode, step_args, ENV_ID, {}, policy=policy, warmup=1)
         checks[mode] = slow_step_checks(policy, history)
     print(f"  {'phase':16} {'RL only':>9} {'FST':>9}")
-    for key in ("generation", "scoring", "forward", "backward", "optimizer", "fast_amortised", "total"):
+    for key in PHASES:  # step_breakdown's phases, so the two reports cannot drift apart
         print(f"  {key:16} {phases['rl'][key]:9.3f} {phases['fst'][key]:9.3f}")
     print(f"  {'one fast round':16} {'-':>9} {phases['fst']['fast_round']:9.3f}")
     print(f"  FST / RL time per update: {phases['fst']['total'] / phases['rl']['total']:.2f}x")

@@ -70,7 +70,7 @@ def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, 
     config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
                        fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
                        fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4,
-                       max_context_tokens=args.max_context_tokens,
+                       max_context_tokens=getattr(args, "max_context_tokens", FSTConfig().max_context_tokens),
                        **({"backend": args.backend} if getattr(args, "backend", None) else {}))
     agent = FSTAgent(policy, env_id, config, env_kwargs=env_kwargs)
     generation = _timed(agent.backend, "generate")  # the episode runner holds the same backend object
