@@ -1,19 +1,13 @@
 """fst-env on TRL: any fst env as a ``GRPOTrainer`` source, and an FST trainer built on ``GRPOTrainer``.
 
-Tested with TRL 1.16.x only (checked at import). Three pieces, each importable from here (their homes:
+Tested with TRL 1.16.x only (checked at import). Its pieces, all importable from here (their homes:
 :mod:`~fst_env.integrations.trl_rewards` for the dataset and rewards, :mod:`~fst_env.integrations.trl_episodes`
 for the multi-turn rollout function, this module for the trainer; the problem keys and the feedback buffer are
 the agent's own, from :mod:`fst_env.agents.bookkeeping`):
 
-- :func:`env_dataset`: the problems of an env split as a TRL prompt dataset (conversational: the rendered
-  context as the system message, the env's observation as the user message) with the columns ``env_id``,
-  ``split``, ``problem_id``, ``problem_key``, ``context_id`` and ``context`` (JSON) that the reward needs.
-- :class:`EnvReward`: a TRL reward function. TRL 1.16 calls every custom reward function as
-  ``f(prompts=, completions=, completion_ids=, **dataset_columns, trainer_state=, log_extra=, log_metric=)``
-  (``GRPOTrainer._calculate_rewards``); this one resets the env to the row's problem, steps it with the
-  completion text and returns the env's reward. Each scored rollout (reward, feedback, verdict) goes into a
-  :class:`FeedbackBuffer` keyed by (problem key, context id), so fast rounds reuse RL rollouts instead of
-  generating new ones.
+- :func:`env_dataset`, :class:`EnvReward` and :class:`EpisodeReward`: an env split as a TRL prompt dataset and
+  the reward functions that score it (and fill the :class:`FeedbackBuffer` fast rounds reuse); see
+  :mod:`~fst_env.integrations.trl_rewards`.
 - :class:`FSTGRPOTrainer`: ``GRPOTrainer`` with ``loss_type="cispo"`` (always an explicit ``epsilon_high``,
   the paper's tau), prompts whose system message is a context drawn from a :class:`ContextPopulation` and mixed
   within each group (G/K rollouts per context), and a fast round every ``fast_every`` optimizer steps on the

@@ -248,12 +248,7 @@ class EnvReward:
                                  completion_ids=completion_ids[i] if completion_ids is not None else None, step=step)
             rewards.append(rollout.reward)
             scored.append(rollout)
-        if self.recording:
-            self.feedback_buffer.extend(scored)
-        log_metric = kwargs.get("log_metric")
-        if scored and callable(log_metric):
-            log_metric("fst/correct_frac", sum(r.verdict == "correct" for r in scored) / len(scored))
-            log_metric("fst/format_error_frac", sum(r.verdict == "format_error" for r in scored) / len(scored))
+        _record(self, scored, kwargs.get("log_metric"))
         return rewards
 
     def _check_prompt(self, prompt: Any, split: str, problem_id: int) -> None:
@@ -274,6 +269,18 @@ class EnvReward:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
+
+
+def _record(reward: EnvReward | EpisodeReward, scored: list[Rollout], log_metric: Any) -> bool:
+    """What both reward functions do with a batch they scored: into the buffer while recording, and the
+    verdict fractions to TRL's ``log_metric``; returns whether there was anything to log and somewhere to log it."""
+    if reward.recording:
+        reward.feedback_buffer.extend(scored)
+    if not scored or not callable(log_metric):
+        return False
+    log_metric("fst/correct_frac", sum(r.verdict == "correct" for r in scored) / len(scored))
+    log_metric("fst/format_error_frac", sum(r.verdict == "format_error" for r in scored) / len(scored))
+    return True
 
 
 def _env_turns(env_id: str) -> str:
@@ -321,12 +328,8 @@ class EpisodeReward:
             rollout = episode.as_rollout(self.return_rule)
             rollout.info["step"] = step
             rollouts.append(rollout)
-        if self.recording:
-            self.feedback_buffer.extend(rollouts)
         log_metric = kwargs.get("log_metric")
-        if rollouts and callable(log_metric):
-            log_metric("fst/correct_frac", sum(r.verdict == "correct" for r in rollouts) / len(rollouts))
-            log_metric("fst/format_error_frac", sum(r.verdict == "format_error" for r in rollouts) / len(rollouts))
+        if _record(self, rollouts, log_metric):
             log_metric("fst/turns_mean", sum(len(e.turns) for e in episodes) / len(episodes))
         return [r.reward for r in rollouts]
 
