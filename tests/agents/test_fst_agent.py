@@ -1,11 +1,14 @@
 """FSTAgent end to end on a tiny random model: both channels, group contexts, checkpoint and resume."""
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 import fst_env
+from fst_env.agents.bookkeeping import BudgetCounters, EpisodeBuffer
 from fst_env.agents.fst_agent import FSTAgent, FSTConfig, PromptAgent, RLAgent
 from fst_env.models import tiny_policy
 
@@ -112,6 +115,24 @@ def test_resume_from_checkpoint_reproduces_the_next_update(tmp_path):
     assert resumed.population.state_dict() == agent.population.state_dict()
     assert resumed.counters["update"] == agent.counters["update"]
 
+
+def test_a_checkpoint_from_before_the_shared_buffer_loads(tmp_path):
+    # Before agents/bookkeeping: "recent" was a bare list of episode dicts, and no rollouts_reused counter.
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    run_updates(agent, 1, seed=1)
+    assert isinstance(agent.recent, EpisodeBuffer) and isinstance(agent.counters, BudgetCounters)
+    agent.save(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "agent.json"
+    state = json.loads(path.read_text())
+    assert state["recent"]["total_added"] == len(agent.recent) > 0
+    state["recent"] = state["recent"]["records"]
+    del state["counters"]["rollouts_reused"]
+    path.write_text(json.dumps(state))
+    resumed = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    resumed.load(tmp_path / "ckpt")
+    assert [e.to_dict() for e in resumed.recent] == [e.to_dict() for e in agent.recent]
+    assert resumed.recent.max_records == agent.recent.max_records
+    assert resumed.counters == {**agent.counters, "rollouts_reused": 0}
 
 def test_observe_checks_lengths_and_act_requires_observe():
     agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast=False))

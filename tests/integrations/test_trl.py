@@ -104,6 +104,14 @@ def test_trl_version_check_accepts_only_the_tested_minor():
         assert "trl>=1.16,<1.17" in str(err.value)
 
 
+def test_the_trainer_keeps_the_agents_books():
+    # One set of books (issue 14): the same key functions, buffer class and counters as FSTAgent's.
+    from fst_env.agents import bookkeeping
+
+    assert fst_trl.problem_key is bookkeeping.problem_key and fst_trl.parse_problem_key is bookkeeping.parse_problem_key
+    assert fst_trl.FeedbackBuffer is bookkeeping.FeedbackBuffer and fst_trl.NO_CONTEXT_ID == bookkeeping.NO_CONTEXT_ID
+    assert issubclass(fst_trl.FeedbackBuffer, bookkeeping.EpisodeBuffer)
+
 def test_module_refuses_to_import_under_another_trl(monkeypatch):
     # Execute the module's source under a throwaway name with a faked trl version: the check runs at import.
     monkeypatch.setattr(trl, "__version__", "1.17.0")
