@@ -136,3 +136,12 @@ class GenerationBackend(Protocol):
     def set_adapter(self, name: str | None) -> None:
         """Generate with the named LoRA adapter, or with the base weights (adapters disabled) for ``None``."""
         ...
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...], include_stop: bool) -> str:
+    """``text`` up to the earliest stop string (kept when ``include_stop``); every backend cuts the same way."""
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return text
+    index, stop = min(hits)
+    return text[:index + len(stop)] if include_stop else text[:index]

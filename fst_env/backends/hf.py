@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from fst_env.backends.base import Generation, Message, SamplingParams
+from fst_env.backends.base import Generation, Message, SamplingParams, cut_at_stop
 from fst_env.models import Policy
 from fst_env.peft_utils import core_model, has_adapters, is_peft
 
@@ -184,7 +184,7 @@ def finished_generations(tokenizer: Any, prompt_ids: list[list[int]], completion
     for row, ids in enumerate(prompt_ids):
         text = tokenizer.decode(completion[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         if matched[row] is not None:
-            text = _cut_at_stop(text, tuple(params.stop), params.include_stop)
+            text = cut_at_stop(text, tuple(params.stop), params.include_stop)
         out.append(Generation(text=text, prompt_ids=list(ids), completion_ids=completion[row],
                               logprobs=logprobs[row], finish_reason=finish[row] or "length", stop=matched[row]))
     return out
@@ -256,11 +256,3 @@ def _stop_hit(tokenizer: Any, tail: list[int], stops: tuple[str, ...]) -> str | 
             return stop
     return None
 
-
-def _cut_at_stop(text: str, stops: tuple[str, ...], include_stop: bool) -> str:
-    """``text`` up to the earliest stop string (kept when ``include_stop``)."""
-    hits = [(text.find(s), s) for s in stops if s in text]
-    if not hits:
-        return text
-    index, stop = min(hits)
-    return text[:index + len(stop)] if include_stop else text[:index]

@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from fst_env.backends.base import Generation, Message, SamplingParams
+from fst_env.backends.base import Generation, Message, SamplingParams, cut_at_stop
 from fst_env.models import Policy
 from fst_env.peft_utils import core_model, is_peft
 
@@ -347,7 +347,7 @@ class VLLMBackend:
         # Decode with our tokenizer (as HFBackend does), so both backends return the same text for the same ids.
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         if stop is not None:
-            text = _cut_at_stop(text, tuple(params.stop), params.include_stop)
+            text = cut_at_stop(text, tuple(params.stop), params.include_stop)
         return Generation(text=text, prompt_ids=list(prompt_ids), completion_ids=ids, logprobs=logprobs,
                           finish_reason=completion.finish_reason, stop=stop)
 
@@ -539,12 +539,4 @@ def _checkpoint_matches(model: Any, directory: Path, tied: dict[str, str] | None
     optional = {name for name, source in (tied or {}).items() if source in found}
     return set(state) - optional <= found
 
-
-def _cut_at_stop(text: str, stops: tuple[str, ...], include_stop: bool) -> str:
-    """``text`` up to the earliest stop string (kept when ``include_stop``)."""
-    hits = [(text.find(s), s) for s in stops if s in text]
-    if not hits:
-        return text
-    index, stop = min(hits)
-    return text[:index + len(stop)] if include_stop else text[:index]
 

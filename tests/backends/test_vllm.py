@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from fst_env.backends import BACKENDS, Generation, GenerationBackend, HFBackend, SamplingParams, make_backend
+from fst_env.backends.base import cut_at_stop
 from fst_env.backends.vllm import (
     VLLMBackend,
     _checkpoint_matches,
-    _cut_at_stop,
     _plain_state_dict,
     _source_checkpoint,
     _tied_keys,
@@ -134,9 +134,9 @@ def test_source_checkpoint_is_reused_only_while_weights_match(tmp_path: Path) ->
 
 
 def test_cut_at_stop_keeps_or_drops_the_earliest_stop() -> None:
-    assert _cut_at_stop("a</b>c</d>", ("</d>", "</b>"), True) == "a</b>"
-    assert _cut_at_stop("a</b>c</d>", ("</d>", "</b>"), False) == "a"
-    assert _cut_at_stop("abc", ("x",), True) == "abc"
+    assert cut_at_stop("a</b>c</d>", ("</d>", "</b>"), True) == "a</b>"
+    assert cut_at_stop("a</b>c</d>", ("</d>", "</b>"), False) == "a"
+    assert cut_at_stop("abc", ("x",), True) == "abc"
 
 
 @pytest.mark.skipif(HAVE_VLLM, reason="checks the message shown when vLLM is missing")
