@@ -1,253 +1,46 @@
-"""fst envs as a TRL GRPO source, and FSTGRPOTrainer (CISPO + mixed contexts + fast rounds) on a tiny model (CPU)."""
+"""FSTGRPOTrainer (CISPO + mixed contexts + fast rounds) on a tiny model (CPU): a short run and its checkpoint.
+
+Also its config checks, vLLM and multi-process plumbing, the resumable sampler, evaluation, the multi-GPU doc script.
+"""
 
 import importlib.util
 import json
 import math
 import re
-import string
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
 
-import gymnasium as gym
 import pytest
 import torch
-import trl
-from gymnasium import spaces
+from _trl_helpers import (
+    ADVICE,
+    ENV_ID,
+    ROWS,
+    SECOND_CONTEXT,
+    SEED_CONTEXT,
+    G,
+    _accept_all_notes,
+    _columns,
+    _config,
+    _trainer,
+)
 from peft import LoraConfig
-from transformers import TrainerState
 
-import fst_env
-from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner, ScoreAcceptance
+from fst_env.agents.fast import ReflectiveFastLearner, ScoreAcceptance
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.rollout import Rollout
-from fst_env.cards import EnvCard, register_env
-from fst_env.context import render_context
 from fst_env.core import VERDICTS
 from fst_env.integrations import trl as fst_trl
 from fst_env.integrations.trl import (
     DEFAULT_EPSILON_HIGH,
     FST_STATE_NAME,
-    NO_CONTEXT_ID,
     EnvReward,
-    FeedbackBuffer,
-    FSTGRPOTrainer,
-    check_trl_version,
-    completion_text,
     env_dataset,
     fst_grpo_config,
     parse_problem_key,
-    problem_key,
-    with_context,
 )
 from fst_env.models import tiny_policy
-
-ENV_ID = "fsttest/TrlCharset-v0"
-ADVICE = "Use only letters and digits in the answer."
-G = 4  # num_generations
-ROWS = 8  # per_device_train_batch_size: two problems per step
-
-
-def _charset_reward(response: str, problem: dict) -> tuple[float, str]:
-    """A graded reward, so groups of a random model's completions have non-zero reward variance."""
-    text = response.strip()
-    good = sum(ch.isascii() and ch.isalnum() for ch in text) / len(text)
-    if good >= 1.0:
-        return 1.0, "Correct: only letters and digits."
-    return good, f"Only {good:.0%} of the characters are letters or digits. {ADVICE}"
-
-
-fst_env.register_task(ENV_ID, {"train": [{"prompt": f"Name item {i}."} for i in range(6)],
-                               "validation": [{"prompt": f"Name thing {i}."} for i in range(4)]},
-                      _charset_reward, summary="test task: answer with letters and digits only")
-
-SEED_CONTEXT = {"instructions": "Answer in one word."}
-SECOND_CONTEXT = {"instructions": "Reply with letters only."}
-
-
-def _config(output_dir: Path, **overrides) -> trl.GRPOConfig:
-    settings = dict(max_steps=2, per_device_train_batch_size=ROWS, num_generations=G, max_completion_length=8,
-                    report_to=[], bf16=False, gradient_checkpointing=False, logging_steps=1, use_cpu=True,
-                    save_strategy="no", learning_rate=1e-3, seed=0)
-    settings.update(overrides)
-    return fst_grpo_config(str(output_dir), **settings)
-
-
-def _population() -> ContextPopulation:
-    population = ContextPopulation(dict(SEED_CONTEXT), max_size=4)
-    population.add(dict(SECOND_CONTEXT), parent_id=0, scores={})
-    return population
-
-
-def _accept_all_notes() -> NotesFastLearner:
-    # Accept every proposal: with a random tiny model a better minibatch score is luck, and this test is about the
-    # plumbing (feedback -> notes -> population -> prompts), not about the notes helping.
-    return NotesFastLearner(minibatch_size=2, proposals_per_round=1, seed=0,
-                            acceptance=ScoreAcceptance(lambda before, after: True, "accept-all"))
-
-
-def _trainer(tmp_path: Path, **kwargs) -> FSTGRPOTrainer:
-    policy = tiny_policy(0)
-    kwargs.setdefault("population", _population())
-    return FSTGRPOTrainer(policy.model, ENV_ID, kwargs.pop("args", None) or _config(tmp_path),
-                          processing_class=policy.tokenizer, **kwargs)
-
-
-# ============================================================================================== version pin
-def test_trl_version_check_accepts_only_the_tested_minor():
-    check_trl_version("1.16.0")
-    check_trl_version("1.16.4")
-    for version in ("1.15.2", "1.17.0", "1.17.0.dev0", "2.0.0", "0.29.1"):
-        with pytest.raises(ImportError, match=re.escape(version)) as err:
-            check_trl_version(version)
-        assert "trl>=1.16,<1.17" in str(err.value)
-
-
-def test_the_trainer_keeps_the_agents_books():
-    # One set of books (issue 14): the same key functions, buffer class and counters as FSTAgent's.
-    from fst_env.agents import bookkeeping
-
-    assert fst_trl.problem_key is bookkeeping.problem_key and fst_trl.parse_problem_key is bookkeeping.parse_problem_key
-    assert fst_trl.FeedbackBuffer is bookkeeping.FeedbackBuffer and fst_trl.NO_CONTEXT_ID == bookkeeping.NO_CONTEXT_ID
-    assert issubclass(fst_trl.FeedbackBuffer, bookkeeping.EpisodeBuffer)
-
-def test_module_refuses_to_import_under_another_trl(monkeypatch):
-    # Execute the module's source under a throwaway name with a faked trl version: the check runs at import.
-    monkeypatch.setattr(trl, "__version__", "1.17.0")
-    spec = importlib.util.spec_from_file_location("fst_trl_version_probe", fst_trl.__file__)
-    with pytest.raises(ImportError, match=re.escape("but trl 1.17.0 is installed")):
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-
-
-# ============================================================================================== dataset
-def test_env_dataset_rows_are_conversational_prompts_with_env_columns():
-    context = {"instructions": "Be brief.", "notes": "- digits only"}
-    data = env_dataset(ENV_ID, "train", 3, context, context_id=7)
-    assert set(data.column_names) == {"prompt", "env_id", "split", "problem_id", "problem_key", "context_id",
-                                      "context"}
-    row = data[2]
-    assert row["prompt"] == [{"role": "system", "content": render_context(context)},
-                             {"role": "user", "content": "Name item 2."}]
-    assert (row["env_id"], row["split"], row["problem_id"], row["context_id"]) == (ENV_ID, "train", 2, 7)
-    assert row["problem_key"] == problem_key(ENV_ID, "train", 2) == f"{ENV_ID}/train/2"
-    assert json.loads(row["context"]) == context
-    plain = env_dataset(ENV_ID, "validation")
-    assert len(plain) == 4  # the whole split by default
-    assert plain[0]["prompt"] == [{"role": "user", "content": "Name thing 0."}]
-    assert plain[0]["context_id"] == NO_CONTEXT_ID and json.loads(plain[0]["context"]) == {}
-    assert env_dataset(ENV_ID, "train", 3, context).to_list() == env_dataset(ENV_ID, "train", 3, context).to_list()
-
-
-def test_env_dataset_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="holds 6 problems"):
-        env_dataset(ENV_ID, "train", 7)
-    with pytest.raises(ValueError, match="num_problems"):
-        env_dataset(ENV_ID, "train", 0)
-    with pytest.raises(ValueError, match="split"):
-        env_dataset(ENV_ID, "dev", 2)
-
-
-def test_prompt_helpers():
-    prompt = [{"role": "system", "content": "old"}, {"role": "user", "content": "Q"}]
-    assert with_context(prompt, SEED_CONTEXT) == [{"role": "system", "content": "Answer in one word."},
-                                                  {"role": "user", "content": "Q"}]
-    assert with_context(prompt, {}) == [{"role": "user", "content": "Q"}]
-    assert prompt[0]["content"] == "old"  # not modified in place
-    assert with_context("Q", SEED_CONTEXT) == "Answer in one word.\n\nQ"
-    with pytest.raises(TypeError):
-        with_context(42, SEED_CONTEXT)
-    assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
-    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"},
-                                                              {"type": "text", "text": "b"}]}]) == "ab"
-    assert completion_text("raw") == "raw"
-    with pytest.raises(TypeError, match="EnvReward"):
-        completion_text(3.5)
-    assert parse_problem_key("fst/MathReasoning-v0/validation/12") == ("fst/MathReasoning-v0", "validation", 12)
-    for bad in ("nokey", "fst/X-v0/dev/1", "fst/X-v0/train/one"):
-        with pytest.raises(ValueError, match="problem key"):
-            parse_problem_key(bad)
-
-
-# ============================================================================================== reward
-def _columns(data, rows):
-    return {name: [data[i][name] for i in rows] for name in data.column_names if name != "prompt"}
-
-
-def test_env_reward_scores_like_the_env_and_records_feedback():
-    data = env_dataset(ENV_ID, "train", 3, SEED_CONTEXT, context_id=0)
-    buffer = FeedbackBuffer()
-    reward = EnvReward(ENV_ID, buffer)
-    completions = ["abc123", "a-b!", "", "x\ud800\x00" * 3]
-    rows = [0, 1, 1, 2]
-    logged: dict[str, list[float]] = {}
-    state = TrainerState()
-    state.global_step = 5
-    rewards = reward(prompts=[data[i]["prompt"] for i in rows],
-                     completions=[[{"role": "assistant", "content": c}] for c in completions],
-                     completion_ids=[[1, 2], [3], [], [4]], trainer_state=state, log_extra=lambda *a: None,
-                     log_metric=lambda name, value: logged.setdefault(name, []).append(value), **_columns(data, rows))
-    assert rewards[0] == 1.0
-    assert rewards[1] == pytest.approx(0.5)
-    assert rewards[2] == 0.0  # empty: the env judges a format error without calling the reward
-    assert rewards[3] == pytest.approx(1 / 3)  # a lone surrogate and NUL are just wrong characters
-    records = buffer.recent()
-    assert [r.group for r in records] == [f"{ENV_ID}/train/{i}" for i in rows]
-    assert records[0].verdict == "correct" and records[1].verdict == "incorrect"
-    assert records[2].verdict == "format_error" and "empty" in records[2].feedback
-    assert ADVICE in records[1].feedback and ADVICE in records[3].feedback
-    assert all(r.verdict in VERDICTS and r.feedback for r in records)
-    assert all(r.context_id == 0 and r.context == SEED_CONTEXT for r in records)
-    assert records[1].problem == "Name item 1." and records[1].completion == "a-b!"
-    assert records[0].completion_ids == [1, 2] and records[0].info["step"] == 5
-    assert buffer.get(f"{ENV_ID}/train/1", 0) == records[1:3]
-    assert logged == {"fst/correct_frac": [0.25], "fst/format_error_frac": [0.25]}
-
-
-def test_env_reward_other_envs_stale_prompts_and_bad_input():
-    reward = EnvReward(ENV_ID)
-    data = env_dataset(ENV_ID, "train", 2)
-    columns = _columns(data, [0, 1])
-    columns["env_id"] = ["fst/Other-v0", ENV_ID]
-    out = reward(prompts=[data[0]["prompt"], data[1]["prompt"]], completions=["abc", "abc"], **columns)
-    assert out == [None, 1.0]  # TRL turns None into NaN: the other env's reward function scores that row
-    assert len(reward.feedback_buffer) == 1
-    with pytest.raises(ValueError, match="does not show that problem"):
-        reward(prompts=[[{"role": "user", "content": "Name item 5."}]], completions=["abc"],
-               **_columns(data, [0]))
-    assert EnvReward(ENV_ID, check_prompts=False)(prompts=[[{"role": "user", "content": "reworded"}]],
-                                                  completions=["abc"], **_columns(data, [0])) == [1.0]
-    with pytest.raises(KeyError, match="problem_id"):
-        reward(prompts=["x"], completions=["abc"])
-    with pytest.raises(TypeError, match="EnvReward"):
-        reward(prompts=None, completions=[123], problem_id=[0])
-    with pytest.raises(ValueError, match="multi-turn"):
-        EnvReward("fst/WordGuess-v0")
-    reward.recording = False
-    reward(prompts=None, completions=["abc"], problem_id=[0])
-    assert len(reward.feedback_buffer) == 1
-
-
-def test_feedback_buffer_keys_order_capacity_and_state():
-    buffer = FeedbackBuffer(max_records=3)
-    rollouts = [Rollout(group=f"e/train/{i % 2}", problem="p", context_id=i % 3, context={}, completion=str(i),
-                        reward=i / 10, feedback="f", verdict="incorrect") for i in range(5)]
-    buffer.extend(rollouts[:2])
-    mark = buffer.total_added
-    buffer.extend(rollouts[2:])
-    assert len(buffer) == 3 and buffer.total_added == 5
-    assert buffer.recent() == rollouts[2:] and buffer.recent(2) == rollouts[3:]
-    assert buffer.since(mark) == rollouts[2:]
-    assert buffer.problem_keys() == ["e/train/0", "e/train/1"]  # most recent first
-    assert buffer.get("e/train/0", 1) == [rollouts[4]]
-    assert set(buffer.by_key()) == {("e/train/0", 2), ("e/train/1", 0), ("e/train/0", 1)}
-    copy = FeedbackBuffer()
-    copy.load_state_dict(json.loads(json.dumps(buffer.state_dict())))
-    assert copy.recent() == buffer.recent() and copy.total_added == 5 and copy.max_records == 3
-    with pytest.raises(TypeError):
-        buffer.add("not a rollout")
-    with pytest.raises(ValueError):
-        FeedbackBuffer(0)
 
 
 # ============================================================================================== objective
@@ -546,103 +339,6 @@ def test_trainer_trains_from_the_resumable_sampler_and_sets_its_epoch(tmp_path):
     for progress, epoch in ((None, 0), (0.0, 0), (2.0, 2), (2.5, 2)):  # resumed mid-epoch 2: state.epoch = 2.5
         callback.on_epoch_begin(trainer.args, SimpleNamespace(epoch=progress), trainer.control)
         assert sampler.epoch == epoch
-
-
-# ============================================================================================== multi-turn envs
-MULTI_ID = "fsttest/TrlThreeTurns-v0"
-MULTI_TURNS = 3
-
-
-class ThreeTurnEnv(gym.Env):
-    """Three replies per problem, each graded like the charset task; the next observation names the next turn."""
-
-    metadata: ClassVar[dict] = {"render_modes": []}
-
-    def __init__(self, split: str = "train") -> None:
-        self.observation_space = spaces.Text(max_length=256, min_length=0, charset=string.printable)
-        self.action_space = spaces.Text(max_length=4096, charset=string.printable)
-        self._problem = self._turn = 0
-
-    def num_problems(self) -> int:
-        return 6
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._problem, self._turn = int((options or {}).get("problem_id", 0)), 0
-        return f"Name item {self._problem}, turn 1 of {MULTI_TURNS}.", {}
-
-    def step(self, action):
-        self._turn += 1
-        text = action.strip()
-        good = sum(ch.isascii() and ch.isalnum() for ch in text) / len(text) if text else 0.0
-        done = self._turn == MULTI_TURNS
-        observation = "" if done else f"Again for item {self._problem}, turn {self._turn + 1} of {MULTI_TURNS}."
-        info = {"feedback": f"Turn {self._turn}: only {good:.0%} letters or digits. {ADVICE}",
-                "verdict": "correct" if good == 1.0 else "incorrect"}
-        return observation, good / MULTI_TURNS, done, False, info
-
-
-register_env(MULTI_ID, ThreeTurnEnv, EnvCard(summary="test task: three graded replies", splits={"train": 6},
-                                               turns="multi"))
-
-
-def test_a_multi_turn_env_trains_for_two_steps_on_whole_episodes(tmp_path):
-    trainer = FSTGRPOTrainer(tiny_policy(0).model, MULTI_ID, _config(tmp_path, max_completion_length=4),
-                             processing_class=tiny_policy(0).tokenizer, population=_population(),
-                             fast_learner=_accept_all_notes(), fast_every=1, fast_problems=2, max_episode_tokens=256,
-                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    assert trainer.multi_turn and isinstance(trainer.env_reward, fst_trl.EpisodeReward)  # from the card
-    trainer.train()
-    assert trainer.state.global_step == 2 and trainer.fst_counters["fast_rounds"] == 2
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    records = trainer.feedback_buffer.recent()
-    assert len(records) == 2 * ROWS
-    for r in records:  # whole episodes: three turns (4 sampled tokens a turn stay under the 256-token cap)
-        turns = r.info["turns"]
-        assert len(turns) == MULTI_TURNS and r.reward == pytest.approx(sum(t["reward"] for t in turns))
-        assert [t["observation"].split(", turn ")[-1] for t in turns] == ["1 of 3.", "2 of 3.", "3 of 3."]
-        assert "Turn 3 response" in r.completion and r.feedback.count(ADVICE) == 3
-    assert all(h["rollouts_reused"] > 0 for h in trainer.fast_history)
-    assert any(ADVICE in c.context.get("notes", "") for c in trainer.population)  # notes from the episodes' feedback
-    # TRL trained on the episode sequences: one advantage per problem over its G episode returns.
-    rewards = torch.tensor([r.reward for r in records[-ROWS:]]).view(-1, G)
-    expected = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).flatten()
-    assert torch.allclose(torch.tensor(list(trainer._logs["advantages"])), expected, atol=1e-5)
-
-
-def test_episode_sequences_are_token_exact_with_env_turns_masked(tmp_path):
-    trainer = FSTGRPOTrainer(tiny_policy(0).model, MULTI_ID, _config(tmp_path, max_completion_length=4),
-                             processing_class=tiny_policy(0).tokenizer, population=_population(), fast_every=0,
-                             max_episode_tokens=256)
-    [(episode, prompt_ids, completion_ids, mask, _)] = trainer.play_episodes([("train", 2, 1, SECOND_CONTEXT)])
-    assert len(episode.turns) == MULTI_TURNS and episode.terminated and episode.group == f"{MULTI_ID}/train/2"
-    assert len(mask) == len(completion_ids) and 0 in mask and mask[-1] == 1
-    # What the policy wrote (mask 1) is exactly every turn's sampled ids; each turn saw the ids trained on.
-    assert [t for t, m in zip(completion_ids, mask, strict=True) if m] == [i for t in episode.turns
-                                                                          for i in t.completion_ids]
-    full = prompt_ids + completion_ids
-    for turn in episode.turns:
-        assert full[:len(turn.prompt_ids)] == turn.prompt_ids
-        assert full[len(turn.prompt_ids):len(turn.prompt_ids) + len(turn.completion_ids)] == turn.completion_ids
-    tokenizer = trainer.processing_class
-    env_text = tokenizer.decode([t for t, m in zip(completion_ids, mask, strict=True) if not m])
-    assert "turn 2 of 3" in env_text and "turn 3 of 3" in env_text
-    assert SECOND_CONTEXT["instructions"] in tokenizer.decode(prompt_ids)
-    # A cap on the episode's tokens ends it early, truncated, with the last turn cut at the cap.
-    trainer.max_episode_tokens = 3
-    [(short, _, short_ids, _, _)] = trainer.play_episodes([("train", 2, 1, SECOND_CONTEXT)])
-    assert short.truncated and short.info["stopped"] == "max_context"
-    assert len(short.turns) == 1 and short_ids == short.turns[0].completion_ids and len(short_ids) == 3
-
-
-def test_multi_turn_settings_that_cannot_work_are_refused(tmp_path):
-    cases = [(dict(max_turns=0), "max_turns"), (dict(max_episode_tokens=0), "max_episode_tokens"),
-             (dict(fast_generate=lambda m: ["x"] * len(m)), "fast_generate"),
-             (dict(rollout_func=lambda prompts, trainer: {}), "rollout_func")]
-    for kwargs, message in cases:
-        with pytest.raises(ValueError, match=message):
-            _trainer(tmp_path, multi_turn=True, **kwargs)
 
 
 # ============================================================================================== evaluation
