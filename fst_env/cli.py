@@ -228,7 +228,7 @@ def cmd_train(args: argparse.Namespace, mode_override: str | None = None) -> int
             raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from (a mistyped --run-dir? "
                               "drop --resume to start a new run there)")
         if saved.exists():
-            config = _saved_config(saved)
+            config = _resumed_config(_saved_config(saved), config, mode_override)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(config.to_dict(), indent=2))
     agent = build_agent(config)
@@ -277,6 +277,26 @@ def _paired_change(before: list[float], after: list[float]) -> str:
     diff = paired_difference(after, before)
     verdict = "excludes 0" if diff.ci_low > 0 or diff.ci_high < 0 else "includes 0"
     return f"change {diff.mean:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] ({verdict})"
+
+
+def _resumed_config(saved: RunConfig, asked: RunConfig, mode_override: str | None) -> RunConfig:
+    """The saved config a resume continues; a setting the command line asks for that differs from it is a
+    one-line ConfigError (it would otherwise be ignored without a word, e.g. ``--steps 40`` on a 24-step run)."""
+    plain = build_config(make_parser().parse_args(["train", "--resume"]))  # what no flags at all would give
+    if mode_override:
+        plain.mode = mode_override
+    saved_d, asked_d, plain_d = saved.to_dict(), asked.to_dict(), plain.to_dict()
+    differ = []
+    for key, value in asked_d.items():
+        if isinstance(value, dict):  # agent / schedule tables: compare field by field
+            differ += [f"{key}.{k}={v!r} (saved: {saved_d[key].get(k)!r})" for k, v in value.items()
+                       if v != plain_d[key].get(k) and v != saved_d[key].get(k)]
+        elif value != plain_d[key] and value != saved_d[key]:
+            differ.append(f"{key}={value!r} (saved: {saved_d[key]!r})")
+    if differ:
+        raise ConfigError("--resume continues the run exactly as saved in config.json, but these settings differ "
+                          f"from it: {'; '.join(differ)}; drop them, or train in a new --run-dir")
+    return saved
 
 
 def _saved_config(path: Path) -> RunConfig:

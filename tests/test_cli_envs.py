@@ -58,3 +58,16 @@ def test_missing_run_dir_and_nothing_to_resume_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "has no checkpoint to resume from" in err and len(err.splitlines()) == 1
     assert not missing.exists()  # a failed resume creates nothing
+
+
+def test_resume_refuses_flags_that_differ_from_the_saved_run(tmp_path, capsys):
+    """--resume continues config.json; a flag that would change it (here --steps) is one error line, not ignored."""
+    run_dir = tmp_path / "run"
+    args = ["train", "--model", "tiny", "--steps", "1", "--group-size", "2", "--max-new-tokens", "4",
+            "--eval-problems", "2", "--mode", "rl", "--run-dir", str(run_dir), "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args[:3], "--steps", "3", *args[5:], "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume continues the run exactly as saved" in err and "stages=" in err and len(err.splitlines()) == 1
+    assert main([*args, "--resume"]) == 0  # the same flags as the saved run resume as before
