@@ -299,17 +299,9 @@ def plasticity(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any
         gains[init] = list(np.subtract(after, before))
         out["inits"][init] = {"before": float(np.mean(before)), "after": float(np.mean(after)),
                               "gain": paired(after, before), "seeds": len(seeds)}
-    if not all(name in gains for name in SLOW_ARMS):
-        missing = [name for name in SLOW_ARMS if name not in gains]
-        return {**out, "verdict": "not resolvable", "why": f"no plasticity run from the {', '.join(missing)} weights"}
-    n = min(len(gains["fst"]), len(gains["rl"]))
-    diff = paired(gains["fst"][:n], gains["rl"][:n])
-    verdict = {"positive": "agree", "negative": "disagree"}.get(diff["sign"], "not resolvable")
-    why = {"agree": "RL on task B gained more from the FST weights; the interval excludes 0",
-           "disagree": "RL on task B gained more from the RL weights; the interval excludes 0"}.get(
-        verdict, "the interval of the gain difference includes 0" if diff["sign"] == "includes 0"
-        else "too few paired problems for an interval")
-    return {**out, "difference": diff, "verdict": verdict, "why": why}
+    return _fst_minus_rl(out, gains, agree_sign="positive", missing="no plasticity run from the {} weights",
+                         agree="RL on task B gained more from the FST weights",
+                         disagree="RL on task B gained more from the RL weights", quantity="gain")
 
 
 def continual(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
@@ -332,15 +324,24 @@ def continual(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]
                             for name in ("average_accuracy", "forgetting", "backward_transfer", "forward_transfer")}
         out["arms"][arm]["matrix_mean"] = np.mean([s["matrix"] for s in seeds], axis=0).tolist()
         out["arms"][arm]["seeds"] = len(seeds)
-    if not all(name in forgetting for name in SLOW_ARMS):
-        missing = [name for name in SLOW_ARMS if name not in forgetting]
-        return {**out, "verdict": "not resolvable", "why": f"no continual run for {', '.join(missing)}"}
-    n = min(len(forgetting["fst"]), len(forgetting["rl"]))
-    diff = paired(forgetting["fst"][:n], forgetting["rl"][:n])
-    verdict = {"negative": "agree", "positive": "disagree"}.get(diff["sign"], "not resolvable")
-    why = {"agree": "FST forgot less of task A; the interval excludes 0",
-           "disagree": "FST forgot more of task A; the interval excludes 0"}.get(
-        verdict, "the interval of the forgetting difference includes 0" if diff["sign"] == "includes 0"
+    return _fst_minus_rl(out, forgetting, agree_sign="negative", missing="no continual run for {}",
+                         agree="FST forgot less of task A", disagree="FST forgot more of task A",
+                         quantity="forgetting")
+
+
+def _fst_minus_rl(out: dict[str, Any], values: Mapping[str, Sequence[float]], *, agree_sign: str, missing: str,
+                  agree: str, disagree: str, quantity: str) -> dict[str, Any]:
+    """``out`` with the paired FST minus RL-only difference of ``values`` and its verdict: "agree" when the
+    interval excludes 0 on the paper's side (``agree_sign``), "disagree" on the other, else "not resolvable"."""
+    absent = [name for name in SLOW_ARMS if name not in values]
+    if absent:
+        return {**out, "verdict": "not resolvable", "why": missing.format(", ".join(absent))}
+    n = min(len(values["fst"]), len(values["rl"]))
+    diff = paired(values["fst"][:n], values["rl"][:n])
+    other = {"positive": "negative", "negative": "positive"}[agree_sign]
+    verdict = {agree_sign: "agree", other: "disagree"}.get(diff["sign"], "not resolvable")
+    why = {"agree": f"{agree}; the interval excludes 0", "disagree": f"{disagree}; the interval excludes 0"}.get(
+        verdict, f"the interval of the {quantity} difference includes 0" if diff["sign"] == "includes 0"
         else "too few paired problems for an interval")
     return {**out, "difference": diff, "verdict": verdict, "why": why}
 
