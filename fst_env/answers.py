@@ -1,7 +1,8 @@
 """Answer extraction from free model text and bounded-time verification of math answers.
 
 Extraction order (the first that finds something wins): the last ``\\boxed{...}`` / ``\\fbox{...}``; the last
-``Answer: ...`` / ``final answer is ...`` line; the last number in the text. Numbers may carry thousands
+``Answer: ...`` / ``final answer is ...`` line (``is:`` too; when that line is words around one number, as in "the
+answer is actually 7, which ...", the number); the last number in the text. Numbers may carry thousands
 separators, signs (ASCII or Unicode minus), decimals, percent signs, ``a/b`` or LaTeX ``\\frac{a}{b}``.
 
 Verification first compares exact rationals (fast, no sympy); anything else goes to ``math-verify``. Its
@@ -29,10 +30,14 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
 # The rest of the line after "answer:"; bold and spaces are stripped in Python, since a lazy group followed by
 # optional whitespace before "$" backtracks quadratically on long runs of spaces.
-_ANSWER_LINE = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:|=)\s*([^\n]+)", re.IGNORECASE)
+_ANSWER_LINE = re.compile(r"(?:final\s+answer|answer)\s*(?:is\s*[:=]?|[:=])\s*([^\n]+)", re.IGNORECASE)
+
 _NUMBER = re.compile(
     r"(?<![\w.])[-−–]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?/\s?\d+)?%?|(?<![\w.])[-−–]?\.\d+"
 )
+# The first number of an answer line whose text is words around one value ("actually 7, which ...", "12 apples"):
+# only words may come before it, and it must end there (not "2x + 3", "3.5.1", "7-2").
+_WORDY_NUMBER = re.compile(r"^[A-Za-z\s,:'\"]*?(" + _NUMBER.pattern + r")(?=$|[\s,;:!?)]|\.(?!\d))")
 _FRAC = re.compile(r"^\\[dt]?frac\s*\{\s*([-−]?[\d,.]+)\s*\}\s*\{\s*([-−]?[\d,.]+)\s*\}$")
 _THOUSANDS = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
@@ -102,6 +107,10 @@ def extract_answer(text: str) -> Extraction:
         cleaned = clean_answer(candidate)
         if cleaned.startswith("*") or cleaned.endswith("*"):  # bold marks left over on one side
             cleaned = clean_answer(cleaned.strip("*"))
+        if cleaned and to_fraction(cleaned) is None:
+            wordy = _WORDY_NUMBER.match(cleaned)
+            if wordy:  # "the answer is actually 7." -> "7", not "actually 7" (a correct answer judged wrong)
+                cleaned = clean_answer(wordy.group(1))
         if cleaned:
             return Extraction(cleaned, "answer_line")
     numbers = _NUMBER.findall(text)

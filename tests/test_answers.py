@@ -21,6 +21,16 @@ EXTRACTION_CASES = [
     ("**Answer:** 99", "99", "answer_line"),
     ("Answer: x = 4", "4", "answer_line"),
     ("Answer: 3\n\nAnswer: 8", "8", "answer_line"),
+    # Seen from the embedded model on chain_sum, all correct answers once judged wrong:
+    ("At 6 + 1 = 7, the answer is actually 7.", "7", "answer_line"),
+    ("So, the answer is: 7", "7", "answer_line"),
+    ("The answer is 7, which is the sum of 6 and 1.", "7", "answer_line"),
+    ("the answer is 12 apples", "12", "answer_line"),
+    ("The final answer is = 9", "9", "answer_line"),
+    # ... and what must stay as it is: an expression is not cut down to its first number.
+    ("Answer: 2x + 3", "2x + 3", "answer_line"),
+    ("Answer: 3.5.1", "3.5.1", "answer_line"),
+    ("Answer: seven", "seven", "answer_line"),
     ("I computed 3 + 4 and got 7", "7", "last_number"),
     ("Result is 1,000,000!", "1,000,000", "last_number"),
     ("it is −5", "−5", "last_number"),
