@@ -249,6 +249,8 @@ def final_report(summary: dict[str, Any], run_dir: Path, mode: str) -> str:
     if before and after:
         lines.append("held-out accuracy, before -> after (95% intervals; n problems x k samples):")
         for suffix, label in (("", f"sampled mean@{after.get('k', 1)}"), ("_greedy", "greedy")):
+            if f"accuracy{suffix}" not in after or f"accuracy{suffix}" not in before:
+                continue  # greedy evaluation off (schedule.eval_greedy = false)
             for task, value in after[f"accuracy{suffix}"].items():
                 lo0, hi0 = before[f"ci{suffix}"][task]
                 lo1, hi1 = after[f"ci{suffix}"][task]

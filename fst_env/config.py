@@ -123,7 +123,7 @@ class RunConfig:
         for key, value in self.schedule.items():
             if key not in allowed:
                 raise ConfigError(f"schedule.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
-            if isinstance(value, bool):  # bool is an int subclass: true would pass as 1
+            if isinstance(value, bool) and key != "eval_greedy":  # bool is an int subclass: true would pass as 1
                 raise ConfigError(f"schedule.{key}: must be {'a split name' if key == 'eval_split' else 'an int'}, "
                                   f"got {value!r}")
         stage_fields = {f.name for f in dataclasses.fields(Stage)}

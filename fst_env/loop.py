@@ -226,16 +226,20 @@ def _record_eval(agent: FSTAgent, schedule: Schedule, state: RunState, step: int
 
 
 def evaluation_row(agent: FSTAgent, schedule: Schedule, step: int, stage: int) -> tuple[dict, dict[str, float]]:
-    """Every task evaluated (sampled mean@k and greedy, each with a 95% Wilson interval over ``n`` problems, and
-    per-problem results for paired comparisons between runs): the summary row and its TensorBoard scalars."""
+    """Every task evaluated (sampled mean@k and, unless ``schedule.eval_greedy`` is off, greedy, each with a 95%
+    Wilson interval over ``n`` problems, and per-problem results for paired comparisons between runs): the summary
+    row and its TensorBoard scalars."""
     results = {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
                                          k=schedule.eval_k, **task.env_kwargs) for task in schedule.tasks}
     greedy = {task.task: agent.evaluate(task.env_id, split=schedule.eval_split, problems=schedule.eval_problems,
-                                        greedy=True, **task.env_kwargs) for task in schedule.tasks}
+                                        greedy=True, **task.env_kwargs) for task in schedule.tasks
+              } if schedule.eval_greedy else None
     row: dict[str, Any] = {"step": step, "stage": stage, "rl_samples": agent.counters["rl_samples"],
                            "fast_rollouts": agent.counters["fast_rollouts"], "k": schedule.eval_k}
     scalars: dict[str, float] = {}
     for suffix, found in (("", results), ("_greedy", greedy)):
+        if found is None:  # schedule.eval_greedy off: the row has no greedy keys
+            continue
         row[f"accuracy{suffix}"] = {task: r["accuracy"] for task, r in found.items()}
         row[f"ci{suffix}"] = {task: [r["ci_low"], r["ci_high"]] for task, r in found.items()}
         row[f"per_problem{suffix}"] = {task: r["per_problem"] for task, r in found.items()}

@@ -37,7 +37,8 @@ def curve_from_summary(summary: Mapping[str, Any], task: str) -> dict[str, Any]:
             "fast_rollouts": [int(r.get("fast_rollouts", 0)) for r in ordered],
             "accuracy": [float(r["accuracy"][task]) for r in ordered],
             "ci": [list(r["ci"][task]) for r in ordered],
-            "accuracy_greedy": [float(r["accuracy_greedy"][task]) for r in ordered],
+            "accuracy_greedy": [float(r["accuracy_greedy"][task]) if "accuracy_greedy" in r else None
+                                for r in ordered],  # None where schedule.eval_greedy was off
             "per_problem": [list(r["per_problem"][task]) for r in ordered],
             "kl": [None if r.get("kl") is None else float(r["kl"]) for r in ordered],
             "entropy": [None if r.get("entropy") is None else float(r["entropy"]) for r in ordered],

@@ -74,6 +74,7 @@ class Schedule:
     eval_problems: int = 16
     eval_k: int = 1
     eval_split: str = "validation"
+    eval_greedy: bool = True  # also evaluate greedy decoding (a second pass over the problems)
     kl_prompts: int = 8
     checkpoint_every: int = 0
 
@@ -97,6 +98,8 @@ class Schedule:
         for name in ("eval_problems", "eval_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"schedule.{name}: must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.eval_greedy, bool):
+            raise ConfigError(f"schedule.eval_greedy: must be true or false, got {self.eval_greedy!r}")
         if self.eval_split not in ("train", "validation", "test"):
             raise ConfigError(f"schedule.eval_split: must be one of train, validation, test; got {self.eval_split!r}")
         return self

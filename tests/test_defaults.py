@@ -43,6 +43,16 @@ def test_flags_and_set_override_in_order(tmp_path):
     assert (schedule.eval_k, schedule.kl_prompts) == (2, 0)
 
 
+def test_greedy_evaluation_switch_through_set_and_toml(tmp_path):
+    assert _cli().build_schedule().eval_greedy is True
+    assert _cli("--set", "schedule.eval_greedy=false").build_schedule().eval_greedy is False
+    toml = tmp_path / "run.toml"
+    toml.write_text("[schedule]\neval_greedy = false\n")
+    assert load_config(toml).validate().build_schedule().eval_greedy is False
+    with pytest.raises(ConfigError, match=r"schedule\.kl_prompts"):
+        _cli("--set", "schedule.kl_prompts=true")  # other schedule fields still refuse a bool
+
+
 @pytest.mark.parametrize(("setting", "needle"), [
     ("agent.tau", "expected SECTION.FIELD=VALUE"),
     ("tau=2", "expected SECTION.FIELD=VALUE"),

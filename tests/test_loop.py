@@ -227,3 +227,22 @@ def test_multi_turn_games_train_on_whole_episodes(env_id):
     # No earlier step trained (no reward), so the learner still equals the sampler: the ratio is 1 on every turn.
     assert metrics["slow/ratio_min"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["slow/ratio_max"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_greedy_evaluation_can_be_switched_off(tmp_path):
+    """schedule.eval_greedy = false: one sampled pass per evaluation, no greedy keys, and the report still reads."""
+    from fst_env.cli import final_report
+
+    a = agent(fast=False)
+    calls = []
+    evaluate = a.evaluate
+    a.evaluate = lambda *args, **kwargs: calls.append(kwargs.get("greedy", False)) or evaluate(*args, **kwargs)
+    summary = train(a, Schedule([Stage(EVEN, 1)], eval_problems=2, kl_prompts=0, eval_greedy=False), quiet=True,
+                    run_dir=tmp_path / "run", tensorboard=False)
+    assert calls == [False, False]  # baseline and final, sampled only
+    for row in (summary["baseline_row"], *summary["evals"]):
+        assert "accuracy" in row and not any(key.endswith("_greedy") for key in row)
+    report = final_report(summary, tmp_path / "run", "rl")
+    assert "[sampled mean@1" in report and "[greedy" not in report
+    with pytest.raises(ConfigError, match="eval_greedy"):
+        Schedule([Stage(EVEN, 1)], eval_greedy="no").validate()
