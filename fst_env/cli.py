@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from fst_env.checkpoints import CheckpointError, find_checkpoint
-from fst_env.config import DEFAULT_ENV, DEFAULT_PRESET, MODES, PRESETS, RunConfig, load_config
+from fst_env.config import (
+    DEFAULT_ENV_SPEC,
+    DEFAULT_PRESET,
+    DEFAULT_STEPS,
+    MODES,
+    PRESETS,
+    RunConfig,
+    load_config,
+)
 from fst_env.schedule import ConfigError, resolve_env_id
 
 EXAMPLES = {
@@ -22,7 +30,7 @@ EXAMPLES = {
   fst envs --markdown               # the README table
   fst envs fst/StarGraph-v0         # one card""",
     "train": """examples:
-  fst train --steps 6                                   # FST on the embedded model, easy MathReasoning-v0
+  fst train                                             # the main job: FST on the embedded model, easy chain sums
   fst train --mode rl --steps 20 --run-dir runs/rl      # RL only (slow weights), same everything else
   fst train --env fst/MathReasoning-v0:difficulty=easy --env fst/StarGraph-v0 --steps 10   # continual: 2 stages
   fst train --config run.toml --resume                  # continue a killed run from its last checkpoint
@@ -90,9 +98,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "own values)")
     parser.add_argument("--model", help="embedded (default), tiny (random test model), a directory or a model id")
     parser.add_argument("--env", action="append", metavar="[MODULE:]ID[:k=v,...]",
-                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV}:difficulty=easy); "
+                        help=f"a task; repeat for a continual schedule (default {DEFAULT_ENV_SPEC}); "
                              "MODULE is imported first (an env registered in your own file)")
-    parser.add_argument("--steps", type=int, help="updates per stage (default 6)")
+    parser.add_argument("--steps", type=int, help=f"updates per stage (default {DEFAULT_STEPS})")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
     parser.add_argument("--group-size", type=int, help=f"rollouts per problem, G ({_preset_default('group_size')})")
     parser.add_argument("--groups-per-step", type=int,
@@ -167,7 +175,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         if getattr(args, flag, None) is not None:
             config.schedule[flag] = getattr(args, flag)
     if args.env:
-        config.stages = [{"env_id": env_id, "steps": args.steps or 6, "env_kwargs": kwargs}
+        config.stages = [{"env_id": env_id, "steps": args.steps or DEFAULT_STEPS, "env_kwargs": kwargs}
                          for env_id, kwargs in map(_parse_env, args.env)]
     elif args.steps is not None:
         for stage in config.stages:
@@ -334,9 +342,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         agent.load(checkpoint / "agent")
         tasks = [(s["env_id"], s.get("env_kwargs", {})) for s in config.stages]
     else:
-        config = RunConfig(model=args.model or "embedded", mode="rl")
-        config.stages = [{"env_id": e, "steps": 1, "env_kwargs": k} for e, k in map(_parse_env,
-                                                                                  args.env or [DEFAULT_ENV])]
+        config = RunConfig(model=args.model or "embedded", mode="rl")  # without --env: the default task
+        if args.env:
+            config.stages = [{"env_id": e, "steps": 1, "env_kwargs": k} for e, k in map(_parse_env, args.env)]
         agent = build_agent(_eval_overrides(config, args))
         tasks = [(s["env_id"], s["env_kwargs"]) for s in config.stages]
     if args.env and args.run_dir:

@@ -91,6 +91,7 @@ SETTINGS_TABLE: dict[str, tuple[Any, Any, str]] = {
                          "again if N divides steps"),
     "eval_problems": (8, 12, "held-out problems per evaluation (the same first N of the validation split)"),
     "eval_k": (1, 1, "samples per held-out problem (mean@k)"),
+    "eval_greedy": (False, True, "also evaluate greedy decoding (a second pass; the claims use the sampled accuracy)"),
     "kl_prompts": (4, 6, "held-out prompts for KL(policy || base) at every evaluation of task A"),
     "fast_every": (2, 3, "T: a fast round every T updates (paper: 6)"),
     "population_size": (4, 4, "K: contexts kept (paper: 4)"),
@@ -122,6 +123,7 @@ class ReproSettings:
     eval_every: int
     eval_problems: int
     eval_k: int
+    eval_greedy: bool
     kl_prompts: int
     fast_every: int
     population_size: int
@@ -155,7 +157,7 @@ class ReproSettings:
                 raise ConfigError(f"reproduce.{name}: must be a number >= 0, got {value!r}")
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 1:
             raise ConfigError(f"reproduce.tau: must be a number >= 1, got {self.tau!r}")
-        for name in ("plasticity", "plasticity_base", "continual"):
+        for name in ("plasticity", "plasticity_base", "continual", "eval_greedy"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"reproduce.{name}: must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.task_b_env, str):
@@ -206,7 +208,8 @@ def base_config(model: str, settings: ReproSettings, config_overrides: Sequence[
     config.agent.update(fast_every=settings.fast_every, population_size=settings.population_size,
                         kl_coef=settings.kl_coef, tau=settings.tau)
     config.schedule.update(eval_every=settings.eval_every, eval_problems=settings.eval_problems,
-                           eval_k=settings.eval_k, kl_prompts=settings.kl_prompts, checkpoint_every=0)
+                           eval_k=settings.eval_k, eval_greedy=settings.eval_greedy, kl_prompts=settings.kl_prompts,
+                           checkpoint_every=0)
     config = apply_overrides(config, list(config_overrides))
     config.stages[0]["steps"] = settings.steps
     return config.validate()
