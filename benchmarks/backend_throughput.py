@@ -11,8 +11,9 @@ generated tokens (completions end early at eos, so counts differ slightly betwee
 
 Contenders: ``hf`` is ``HFBackend`` on the policy as loaded (float32 on CPU, bf16 on a bf16 GPU); ``fast`` is
 ``StaticCacheBackend`` with its default dtype (``fst_env.models.sampling_dtype``: bf16 on CPUs with AVX512-BF16/
-AMX and on CUDA); ``fast32h`` the same with a float32 output head (``float32_head=True``); ``vllm`` runs when
-``vllm`` is importable (and not ``--no-vllm``). ``--lora`` serves the
+AMX and on CUDA); ``fast32h`` the same with a float32 output head (``float32_head=True``); ``vllm``
+(``VLLMBackend``'s defaults: the sampling dtype, merged weights reloaded in place per update, no core reserved on
+CPU; its reload is timed) runs when ``vllm`` is importable (and not ``--no-vllm``). ``--lora`` serves the
 policy through a rank-16 LoRA adapter on every linear layer (the slow learner's default), as during RL; the fast
 backend's merge time (the copy made after each slow step) is printed. ``--device cuda`` runs everything on the
 GPU (``fast`` then uses CUDA bf16). Start-up (engine or weight copy) is reported apart from tok/s. Unless
@@ -145,7 +146,13 @@ def build(name: str, policy: Policy, batch: int, args: argparse.Namespace) -> An
         return backend
     from fst_env.backends.vllm import VLLMBackend
 
-    return VLLMBackend(policy, enable_lora=args.lora, max_model_len=1024)
+    # The fast option: the sampling dtype (bf16 where the hardware has it) and merged weights reloaded in place
+    # per update; the reload the agent makes after each slow step is timed here once (after the engine start).
+    backend = VLLMBackend(policy, max_model_len=1024)
+    start = time.perf_counter()
+    backend.update_weights()
+    backend.reload_seconds = time.perf_counter() - start
+    return backend
 
 
 def bench(model: str, args: argparse.Namespace, names: list[str]
@@ -178,6 +185,11 @@ def bench(model: str, args: argparse.Namespace, names: list[str]
             if "fast" in backends:
                 print(f"[{model} B={batch}] fast: weight copy{' + LoRA merge' if args.lora else ''} "
                       f"{backends['fast'].merge_seconds:.2f} s, dtype {backends['fast'].dtype}", flush=True)
+            if "vllm" in backends:
+                vllm = backends["vllm"]
+                print(f"[{model} B={batch}] vllm: engine start {timings['vllm'].start_s - vllm.reload_seconds:.1f} s,"
+                      f" per-update weight reload{' (LoRA merged)' if args.lora else ''} {vllm.reload_seconds:.2f} s, "
+                      f"dtype {vllm.llm.llm_engine.model_config.dtype}", flush=True)
         finally:
             if "vllm" in backends:
                 backends["vllm"].close()
@@ -198,7 +210,7 @@ def main() -> None:
     parser.add_argument("--no-vllm", action="store_true", help="skip vLLM even when it is importable")
     parser.add_argument("--no-ratio", action="store_true", help="skip the learner/sampler ratio check")
     parser.add_argument("--reserved-cpus", type=int, default=None,
-                        help="VLLM_CPU_NUM_OF_RESERVED_CPU (CPU only; vLLM's default reserves 1 core)")
+                        help="VLLM_CPU_NUM_OF_RESERVED_CPU (CPU only; VLLMBackend sets 0 unless given, vLLM itself 1)")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if args.reserved_cpus is not None:

