@@ -44,10 +44,11 @@ def test_flags_and_set_override_in_order(tmp_path):
 
 
 def test_greedy_evaluation_switch_through_set_and_toml(tmp_path):
-    assert _cli().build_schedule().eval_greedy is True
-    assert _cli("--set", "schedule.eval_greedy=false").build_schedule().eval_greedy is False
+    assert _cli().build_schedule().eval_greedy is False  # the cpu preset: sampled only (half the evaluation time)
+    assert _cli("--preset", "paper").build_schedule().eval_greedy is True  # Schedule's own default
+    assert _cli("--set", "schedule.eval_greedy=true").build_schedule().eval_greedy is True
     toml = tmp_path / "run.toml"
-    toml.write_text("[schedule]\neval_greedy = false\n")
+    toml.write_text('preset = "paper"\n[schedule]\neval_greedy = false\n')
     assert load_config(toml).validate().build_schedule().eval_greedy is False
     with pytest.raises(ConfigError, match=r"schedule\.kl_prompts"):
         _cli("--set", "schedule.kl_prompts=true")  # other schedule fields still refuse a bool
