@@ -182,7 +182,8 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
     counts = results.get("plan", {})
     if counts:
         lines += ["", f"Planned work: {counts['train_calls']} training runs, {counts['updates']} updates, "
-                      f"{counts['evaluations']} evaluations (each: sampled and greedy accuracy on the held-out "
+                      f"{counts['evaluations']} evaluations (each: sampled "
+                      f"{'and greedy ' if s.get('eval_greedy', True) else ''}accuracy on the held-out "
                       "problems, plus KL on its prompts)."]
     if results.get("timing"):
         timing = ", ".join(f"{k} {v:.0f}" for k, v in results["timing"].items())
