@@ -75,6 +75,31 @@ def assert_logprobs_close(generations: list[Generation], model: torch.nn.Module,
         assert generation.logprobs == pytest.approx(expected, abs=1e-4)
 
 
+def even_length_task(env_id: str) -> str:
+    """Register (once) a task rewarding an even-length answer, so a slow step has reward variance; its id."""
+    import gymnasium as gym
+
+    import fst_env
+
+    if env_id not in gym.registry:
+        fst_env.register_task(env_id, [{"prompt": f"Write word number {i}.", "answer": "even"} for i in range(8)],
+                              reward_fn=lambda response, problem: (float(len(response) % 2 == 0), "even length"),
+                              summary="test task: reward for an even-length answer")
+    return env_id
+
+
+def update_on_problem(agent: object, envs: object, problem_id: int) -> dict:
+    """Act/observe G rollouts of one problem until the agent takes an update; that update's metrics."""
+    metrics: dict = {}
+    while not metrics:
+        obs, infos = envs.reset(options={"problem_id": problem_id})
+        actions = agent.act(obs, infos)
+        _, rewards, _, _, infos = envs.step(actions)
+        agent.observe(rewards, infos)
+        metrics = agent.update()
+    return metrics
+
+
 # ------------------------------------------------------------------------------------ helpers (no vLLM needed)
 def test_vllm_is_a_registered_backend_name() -> None:
     assert "vllm" in BACKENDS
@@ -390,14 +415,9 @@ class TestVLLMEngine:
         import gymnasium as gym
         import numpy as np
 
-        import fst_env
         from fst_env.agents.fst_agent import FSTAgent, FSTConfig
 
-        env_id = "test/VLLMEvenLength-v0"
-        if env_id not in gym.registry:
-            fst_env.register_task(env_id, [{"prompt": f"Write word number {i}.", "answer": "even"} for i in range(8)],
-                                  reward_fn=lambda response, problem: (float(len(response) % 2 == 0), "even length"),
-                                  summary="test task: reward for an even-length answer")
+        env_id = even_length_task("test/VLLMEvenLength-v0")
         config = FSTConfig(fast=False, group_size=4, groups_per_step=1, max_new_tokens=12, lora_rank=8,
                            lora_alpha=16, lr=5e-3, backend="vllm",
                            backend_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20,
@@ -407,13 +427,7 @@ class TestVLLMEngine:
         try:
             ids = [agent.backend.active_adapter.lora_id]
             for step in range(2):
-                metrics: dict = {}
-                while not metrics:
-                    obs, infos = envs.reset(options={"problem_id": step})
-                    actions = agent.act(obs, infos)
-                    _, rewards, _, _, infos = envs.step(actions)
-                    agent.observe(rewards, infos)
-                    metrics = agent.update()
+                metrics = update_on_problem(agent, envs, step)
                 # Rollouts came from vLLM's copy; a ratio of 1 means it served exactly the learner's weights,
                 # including after the adapter sync that followed the previous step.
                 assert metrics["slow/is_ratio_max"] == pytest.approx(1.0, abs=1e-3)
@@ -440,15 +454,10 @@ def test_default_backend_serves_merged_weights_in_the_sampling_dtype_after_every
 
     import gymnasium as gym
 
-    import fst_env
     from fst_env.agents.fst_agent import FSTAgent, FSTConfig
     from fst_env.models import sampling_dtype
 
-    env_id = "test/VLLMMergedEvenLength-v0"
-    if env_id not in gym.registry:
-        fst_env.register_task(env_id, [{"prompt": f"Write word number {i}.", "answer": "even"} for i in range(8)],
-                              reward_fn=lambda response, problem: (float(len(response) % 2 == 0), "even length"),
-                              summary="test task: reward for an even-length answer")
+    env_id = even_length_task("test/VLLMMergedEvenLength-v0")
     config = FSTConfig(fast=False, group_size=4, groups_per_step=1, max_new_tokens=12, lora_rank=8,
                        lora_alpha=16, lr=5e-2, backend="vllm",
                        backend_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20}, seed=0)
@@ -462,13 +471,7 @@ def test_default_backend_serves_merged_weights_in_the_sampling_dtype_after_every
         prompts = [backend.apply_chat_template([{"role": "user", "content": m}]) for m in MESSAGES]
         logprobs = [[g.logprobs for g in backend.generate(prompts, GREEDY)]]
         for step in range(2):
-            metrics: dict = {}
-            while not metrics:
-                obs, infos = envs.reset(options={"problem_id": step})
-                actions = agent.act(obs, infos)
-                _, rewards, _, _, infos = envs.step(actions)
-                agent.observe(rewards, infos)
-                metrics = agent.update()
+            metrics = update_on_problem(agent, envs, step)
             assert 0.5 < metrics["slow/ratio_min"] <= metrics["slow/ratio_max"] < 2.0
             assert abs(metrics["slow/ratio_mean"] - 1.0) < 0.05
             logprobs.append([g.logprobs for g in backend.generate(prompts, GREEDY)])
