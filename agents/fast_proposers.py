@@ -113,6 +113,12 @@ def _mask_specifics(sentence: str) -> str:
 
 
 
+# A sentence that only judges the answer ("Your answer 12 ... is incorrect.") teaches nothing by itself: it counts
+# toward the fixed re-check rule instead of becoming a note that quotes the verdict.
+_ANSWER_VERDICT = re.compile(r"\banswer\b.*\b(?:is|was|are|were)\s+(?:incorrect|wrong|not correct)\b|"
+                             r"\b(?:does|did)\s+not\s+match\b", re.IGNORECASE)
+# The env's own advice in failure feedback ("Tip: end your response with ..."): kept as the env wrote it.
+_TIP_LEAD = re.compile(r"^\s*\(?\s*(?:tip|hint)\s*:\s*", re.IGNORECASE)
 _COUNT = re.compile(r"\(\s*\d+\s*x\s*\)|\b\d+\s*(?:x|times)\b", re.IGNORECASE)
 _VERDICT_LEAD = re.compile(r"^\s*(?:incorrect|wrong|error|format error|invalid|failed)\s*[:.!-]\s*", re.IGNORECASE)
 _RECHECK_RULE = "Final answers were often wrong: re-check each step and the final value before answering."
@@ -146,8 +152,10 @@ class NotesProposer:
     - other sentences are compared with numbers and quoted values masked; one that recurs on ``min_count``
       failed rollouts gives a rule (``Avoid this recurring mistake: ...``, masked values written as "a number" /
       "a value", verdict words such as "Incorrect:" dropped), never the quoted error;
-    - answers judged wrong against an expected value on ``min_count`` rollouts give one fixed rule to re-check
-      the final value.
+    - the env's own advice in failure feedback (a sentence led by ``Tip:`` or ``Hint:``) is kept as written
+      (``Tip: End your response with ...``), once it occurs ``min_count_format`` times;
+    - answers judged wrong (against an expected value, or by a sentence that only says the answer is incorrect)
+      on ``min_count`` rollouts give one fixed rule to re-check the final value, never a note quoting the verdict.
     Notes carry no counts, and a note is new only if its *meaning* (lower-cased, numbers, quoted values and
     punctuation removed, see :func:`note_meaning`) differs from every kept note, so the same lesson is not
     re-proposed. At most ``max_new_notes`` notes are added per proposal (format rules first, then the most
@@ -184,6 +192,7 @@ class NotesProposer:
         """Candidate notes from the records' hints / feedback, best first (format rules, then by frequency)."""
         format_hits: dict[str, list[Any]] = {}  # meaning -> [count, sentence, first order]
         recurring: dict[str, list[Any]] = {}  # meaning -> [count, rule text, first order]
+        tip_hits: dict[str, list[Any]] = {}  # meaning -> [count, the env's tip, first order]
         wrong_answers = 0
         order = 0
         for record in records:
@@ -196,7 +205,7 @@ class NotesProposer:
             named_expected = any(_EXPECTED.search(s) for s in sentences)
             # A sentence naming the expected answer could put a training label into the prompt: never used.
             sentences = [s for s in sentences if not _EXPECTED.search(s)]
-            wrong_answers += int(named_expected and verdict != "format_error")
+            judged_wrong = named_expected and verdict != "format_error"
             seen_in_record: set[str] = set()  # one record counts once per lesson
             if verdict == "format_error":
                 required = [s for s in sentences if _REQUIREMENT.search(s)] or sentences[:1]
@@ -210,6 +219,17 @@ class NotesProposer:
                     order += 1
             else:
                 for sentence in sentences:
+                    if _TIP_LEAD.match(sentence):
+                        tip = _TIP_LEAD.sub("", sentence).rstrip(")").strip()
+                        key = note_meaning(tip)
+                        if key and key not in seen_in_record:
+                            seen_in_record.add(key)
+                            tip_hits.setdefault(key, [0, tip[:1].upper() + tip[1:], order])[0] += 1
+                            order += 1
+                        continue
+                    if _ANSWER_VERDICT.search(sentence):
+                        judged_wrong = True
+                        continue
                     key = note_meaning(sentence)
                     # Sentences that are nothing but masked values carry no reusable lesson.
                     if key in seen_in_record or len(key.replace(" ", "")) < 6:
@@ -218,8 +238,11 @@ class NotesProposer:
                     hit = recurring.setdefault(key, [0, _as_rule(sentence), order])
                     hit[0] += 1
                     order += 1
+            wrong_answers += int(judged_wrong)
         notes = [_NoteCandidate(self._shorten(f"Format rule: {text}"), count, "format", first)
                  for count, text, first in format_hits.values() if count >= self.min_count_format]
+        notes += [_NoteCandidate(self._shorten(f"Tip: {text}"), count, "format", first)
+                  for count, text, first in tip_hits.values() if count >= self.min_count_format]
         notes += [_NoteCandidate(self._shorten(f"Avoid this recurring mistake: {rule}"), count, "recurring", first)
                   for count, rule, first in recurring.values() if count >= self.min_count and rule]
         if wrong_answers >= self.min_count:

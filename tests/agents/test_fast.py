@@ -507,3 +507,17 @@ def test_rejected_reflection_cache_saves_calls_within_a_round() -> None:
     # One parent, one problem, the same records each iteration: the identical greedy prompt is asked once.
     assert metrics["n_iterations"] == 3 and lm.calls == 1 and metrics["reflection_calls"] == 1
     assert metrics["reflection_cache_hits"] == 2
+
+
+def test_notes_from_math_reasoning_hints_are_its_tip_and_the_recheck_rule_not_the_verdict() -> None:
+    # The hint MathReasoning writes for a wrong unboxed answer: a verdict sentence, then the env's format tip.
+    from fst_env.envs.math_reasoning import FORMAT_HELP
+
+    records = [_failed(f"Incorrect: your answer {n} does not match the expected answer {n + 1}.",
+                       hint=f"Your answer {n} (the last number in the response) is incorrect. Tip: {FORMAT_HELP}")
+               for n in (3, 11, 40)]
+    notes = [n.text for n in NotesProposer(min_count=2).derive_notes(records)]
+    assert notes == [f"Tip: {FORMAT_HELP}",
+                     "Final answers were often wrong: re-check each step and the final value before answering."]
+    # A lone wrong answer is not "recurring"; the env's tip needs only min_count_format occurrences.
+    assert [n.text for n in NotesProposer(min_count=2).derive_notes(records[:1])] == [f"Tip: {FORMAT_HELP}"]
