@@ -83,25 +83,27 @@ PRESET = "cpu"  # the tuned preset this command reads its task, temperature, lr 
 #: The sizes of both modes, in one table: ``field: (quick, full, what it is)``. Everything not here (task, difficulty,
 #: temperature, lr, G, problems per update, completion length, fast learner and its budget) comes from the ``cpu``
 #: preset in fst_env/config.py at run time. ``--set reproduce.FIELD=VALUE`` overrides a cell for one run.
-#: Budgets (embedded model, 2 shared cores): quick <= 15 min, full <= 60 min; the lead times and tunes them.
+#: Budgets (embedded model, 2 cores): quick <= 15 min, full <= 60 min. Timed 2026-12-02 on a 2-core AVX512-BF16
+#: EPYC: quick (the column before this change: 2 updates, n=8) 4.6 min; the full column's run is REPRODUCTION.md.
+#: Without bf16 (AVX2 only) generation is about 2x slower and the full mode does not fit its hour.
 SETTINGS_TABLE: dict[str, tuple[Any, Any, str]] = {
     "seeds": (3, 3, "training seeds per arm; every arm of a seed shares the held-out problems and eval seeds"),
-    "steps": (2, 7, "updates per arm on task A (full: with eval_every 2, points at 0, 2, 4, 6, 7)"),
-    "eval_every": (0, 2, "evaluate every N updates (0: before and after only); the stage end is always evaluated, "
+    "steps": (4, 24, "updates per arm on task A (full: with eval_every 5, points at 0, 5, 10, 15, 20, 24)"),
+    "eval_every": (0, 5, "evaluate every N updates (0: before and after only); the stage end is always evaluated, "
                          "again if N divides steps"),
-    "eval_problems": (8, 12, "held-out problems per evaluation (the same first N of the validation split)"),
+    "eval_problems": (16, 64, "held-out problems per evaluation (the same first N of the validation split)"),
     "eval_k": (1, 1, "samples per held-out problem (mean@k)"),
-    "eval_greedy": (False, True, "also evaluate greedy decoding (a second pass; the claims use the sampled accuracy)"),
+    "eval_greedy": (False, False, "also evaluate greedy decoding (a second pass; the claims use the sampled accuracy)"),
     "kl_prompts": (4, 6, "held-out prompts for KL(policy || base) at every evaluation of task A"),
-    "fast_every": (2, 3, "T: a fast round every T updates (paper: 6)"),
+    "fast_every": (2, 6, "T: a fast round every T updates (paper: 6)"),
     "population_size": (4, 4, "K: contexts kept (paper: 4)"),
     "kl_coef": (0.001, 0.001, "KL penalty to the initial weights (paper: 0.001)"),
     "tau": (4.0, 4.0, "CISPO cap on the importance weight (paper: 4)"),
     "plasticity": (False, True, "run the plasticity probe (fresh RL-only on task B from the FST and RL weights)"),
-    "plasticity_steps": (1, 2, "RL-only updates on task B in the plasticity probe"),
+    "plasticity_steps": (1, 4, "RL-only updates on task B in the plasticity probe"),
     "plasticity_base": (False, False, "also probe plasticity from the base weights (the paper's reference)"),
     "continual": (False, True, "run the continual schedule (FST and RL continue from task A on task B)"),
-    "continual_steps": (1, 2, "updates on task B in the continual schedule"),
+    "continual_steps": (1, 4, "updates on task B in the continual schedule"),
     "task_b_env": ("", "", "task B env id ('': task A's env)"),
     "task_b_kwargs": ({"difficulty": "medium"}, {"difficulty": "medium"},
                       "task B env kwargs, merged over task A's"),

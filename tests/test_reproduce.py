@@ -84,7 +84,7 @@ def test_settings_come_from_the_table_and_the_cpu_preset():
     for field in ("group_size", "groups_per_step", "fast_learner", "max_new_tokens", "temperature", "lr"):
         if field in preset:
             assert getattr(agent, field) == preset[field], field
-    assert config.stages[0]["env_id"] == rp.RunConfig().stages[0]["env_id"] and config.stages[0]["steps"] == 2
+    assert config.stages[0]["env_id"] == rp.RunConfig().stages[0]["env_id"] and config.stages[0]["steps"] == quick.steps == 4
     assert rp.task_b_stage(config, quick)["env_kwargs"]["difficulty"] == "medium"
 
 
@@ -290,7 +290,8 @@ def test_curve_from_summary_keeps_one_point_per_step():
 
 
 def test_plan_counts_the_work():
-    s = rp.settings_for("full", ["reproduce.plasticity_base=true", "reproduce.steps=8"])
+    s = rp.settings_for("full", ["reproduce.plasticity_base=true", "reproduce.steps=8",
+                                  "reproduce.eval_every=2"])
     counts = rp.plan(s)
     assert counts["evaluations"] == s.seeds * (3 * (1 + 4 + 1) + 3 * 2 + 2 * 3)  # 8 steps, every 2: 0,2,4,6,8,8
     assert counts["train_calls"] == s.seeds * (3 + 3 + 2)
