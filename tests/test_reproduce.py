@@ -84,7 +84,8 @@ def test_settings_come_from_the_table_and_the_cpu_preset():
     for field in ("group_size", "groups_per_step", "fast_learner", "max_new_tokens", "temperature", "lr"):
         if field in preset:
             assert getattr(agent, field) == preset[field], field
-    assert config.stages[0]["env_id"] == rp.RunConfig().stages[0]["env_id"] and config.stages[0]["steps"] == quick.steps == 4
+    assert config.stages[0]["env_id"] == rp.RunConfig().stages[0]["env_id"]
+    assert config.stages[0]["steps"] == quick.steps == 4
     assert rp.task_b_stage(config, quick)["env_kwargs"]["difficulty"] == "medium"
 
 
