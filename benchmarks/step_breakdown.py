@@ -32,6 +32,11 @@ from fst_env.loop import update
 from fst_env.models import Policy, load_policy, tiny_policy
 
 PHASES = ("generation", "env_steps", "forward", "backward", "optimizer", "fast_amortised", "total")
+#: A fast round's parts (per round): its generation seconds, episodes generated (of them, re-scoring the
+#: population), episodes reused from the RL collect, proposals and acceptances, and generation seconds per episode
+#: in the collect and in the fast round.
+FAST_PARTS = ("fast_generation", "fast_rollouts", "fast_rescore_rollouts", "fast_reused", "fast_proposals",
+              "fast_accepted", "collect_s_per_episode", "fast_s_per_episode")
 
 
 def make_policy(args: argparse.Namespace) -> Policy:
@@ -74,9 +79,25 @@ def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, 
                        **({"backend": args.backend} if getattr(args, "backend", None) else {}))
     agent = FSTAgent(policy, env_id, config, env_kwargs=env_kwargs)
     generation = _timed(agent.backend, "generate")  # the episode runner holds the same backend object
-    fast = _timed(agent, "fast_round")
     collecting = {"seconds": 0.0, "generation": 0.0}
     collect = agent.collect
+    # Where a fast round's time goes: its generation, the rollouts it generated (re-scoring the population vs
+    # judging children), the rollouts it reused from the RL collect, and the rest (proposer, bookkeeping).
+    fast_parts = dict.fromkeys(("seconds", "generation", "rollouts", "rescore_rollouts", "reused", "proposals",
+                                "accepted"), 0.0)
+    fast_round = agent.fast_round
+
+    def timed_fast_round() -> Any:
+        before, start = generation[0], time.perf_counter()
+        round_metrics = fast_round()
+        fast_parts["seconds"] += time.perf_counter() - start
+        fast_parts["generation"] += generation[0] - before
+        for part, key in (("rollouts", "metric_calls"), ("rescore_rollouts", "metric_calls_rescore"),
+                          ("reused", "rollouts_reused"), ("proposals", "n_proposals"), ("accepted", "n_accepted")):
+            fast_parts[part] += float(round_metrics.get(key, 0))
+        return round_metrics
+
+    agent.fast_round = timed_fast_round
 
     def timed_collect(problem_ids: Any) -> Any:
         """Collect, timing it and the generation inside it (the rest is env steps and conversation formatting)."""
@@ -92,10 +113,14 @@ def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, 
     rng = np.random.default_rng(0)
     totals = dict.fromkeys(("generation", "env_steps", "forward", "backward", "optimizer", "fast"), 0.0)
     fast_rounds, history = 0, []
+    collected = {"rollouts": 0.0, "generation": 0.0}
     for step in range(1, warmup + args.updates + 1):
         if step == warmup + 1:
             totals, fast_rounds, history = dict.fromkeys(totals, 0.0), 0, []
-        fast[0] = collecting["seconds"] = collecting["generation"] = 0.0
+            fast_parts.update(dict.fromkeys(fast_parts, 0.0))
+            collected.update(dict.fromkeys(collected, 0.0))
+        collecting["seconds"] = collecting["generation"] = 0.0
+        fast_seconds_before = fast_parts["seconds"]
         problems = [int(p) for p in rng.choice(num_problems, size=args.groups_per_step, replace=False)]
         metrics, round_metrics = update(agent, problems, step)
         history.append(metrics)
@@ -105,12 +130,22 @@ def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, 
         totals["forward"] += metrics.get("slow/time_forward_s", 0.0)
         totals["backward"] += metrics.get("slow/time_backward_s", 0.0)
         totals["optimizer"] += metrics.get("slow/time_optimizer_s", 0.0)
-        totals["fast"] += fast[0]
+        totals["fast"] += fast_parts["seconds"] - fast_seconds_before
+        collected["rollouts"] += args.group_size * args.groups_per_step  # episodes per collect
+        collected["generation"] += collecting["generation"]
     agent.close()
     per_step = {k: v / args.updates for k, v in totals.items() if k != "fast"}
     per_step["fast_round"] = totals["fast"] / fast_rounds if fast_rounds else float("nan")
     per_step["fast_amortised"] = totals["fast"] / args.updates
     per_step["total"] = sum(per_step[k] for k in PHASES[:-1])
+    rounds = max(fast_rounds, 1)
+    per_step["fast_generation"] = fast_parts["generation"] / rounds if fast_rounds else float("nan")
+    for part in ("rollouts", "rescore_rollouts", "reused", "proposals", "accepted"):
+        per_step[f"fast_{part}"] = fast_parts[part] / rounds if fast_rounds else float("nan")
+    # Seconds of generation per generated episode, in the RL collect and in the fast round (the same speed-up?).
+    per_step["collect_s_per_episode"] = collected["generation"] / max(collected["rollouts"], 1.0)
+    per_step["fast_s_per_episode"] = (fast_parts["generation"] / fast_parts["rollouts"] if fast_parts["rollouts"]
+                                      else float("nan"))
     per_step["turns_per_episode"] = float(np.mean([m["rollout/turns_mean"] for m in history]))
     # The fast backend's last weight copy + LoRA merge (made after each slow step; NaN for other backends).
     per_step["merge_s"] = float(getattr(agent.backend, "merge_seconds", float("nan")))
@@ -168,7 +203,7 @@ def main() -> None:
     columns = [(env_id, mode) for env_id, _ in envs for mode in ("rl", "fst")]
     print(f"{'phase':22}" + "".join(f" {env_id.split('/')[-1][:14] + ' ' + mode.upper():>22}"
                                     for env_id, mode in columns))
-    for key in (*PHASES, "fast_round", "turns_per_episode", "ratio_mean", "ratio_min", "ratio_max",
+    for key in (*PHASES, "fast_round", *FAST_PARTS, "turns_per_episode", "ratio_mean", "ratio_min", "ratio_max",
                 "logprob_diff_mean", "merge_s"):
         print(f"{key:22}" + "".join(f" {results[c][key]:22.4f}" for c in columns))
     for env_id, _ in envs:
