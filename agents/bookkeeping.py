@@ -155,7 +155,8 @@ class FeedbackBuffer(EpisodeBuffer):
 #: What a fast round adds to each fast-round counter: the round itself (``None``: one per round) or a metric of it.
 FAST_ROUND_COUNTERS: dict[str, str | None] = {"fast_rounds": None, "fast_rollouts": "metric_calls",
                                               "rollouts_reused": "rollouts_reused",
-                                              "reflection_calls": "reflection_calls"}
+                                              "reflection_calls": "reflection_calls",
+                                              "fast_proposals": "n_proposals", "fast_accepted": "n_accepted"}
 
 
 class BudgetCounters(dict):

@@ -74,7 +74,8 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
              "Every arm of a seed is evaluated on the same held-out problems with the same sampling seeds (common "
              "random numbers); differences are paired by (seed, problem). Intervals are 95%. "
              + _baseline_check(analysis), "",
-             "## FST minus RL-only", "", final_difference_line(analysis, task_a), ""]
+             "## FST minus RL-only", "", final_difference_line(analysis, task_a), "", _fast_channel_line(results),
+             ""]
     if results.get("errors"):
         lines += ["## Runs that failed", ""]
         lines += [f"- `{key}`: {msg.splitlines()[-1] if msg else 'failed'}" for key, msg in results["errors"].items()]
@@ -218,6 +219,28 @@ def _verdict(claim: Mapping[str, Any]) -> str:
 
 def _plot_line(plots: Mapping[str, str], key: str) -> list[str]:
     return ["", f"![{key}]({plots[key]})"] if key in plots else []
+
+
+def _fast_channel_line(results: Mapping[str, Any]) -> str:
+    """What the fast channel did on task A, per arm with one, summed over seeds (from each run's counters)."""
+    parts = []
+    for arm in ("fst", "prompt"):
+        runs = [run.get("counters", {}) for run in results.get("curves", {}).get(arm, {}).values()]
+        if not runs:
+            continue
+        total = {name: sum(int(c.get(name, 0)) for c in runs) for name in ("fast_rounds", "fast_rollouts")}
+        if all("fast_accepted" in c and "fast_proposals" in c for c in runs):
+            proposals = sum(int(c["fast_proposals"]) for c in runs)
+            accepted = sum(int(c["fast_accepted"]) for c in runs)
+            judged = f"{proposals} proposals, {accepted} accepted"
+        else:
+            judged = "proposals and acceptances not recorded by this version"
+        parts.append(f"{arm}: {total['fast_rounds']} fast rounds, {judged}, {total['fast_rollouts']} fast-round "
+                     f"rollouts over {len(runs)} seeds")
+    if not parts:
+        return "Fast channel: no arm with fast rounds ran."
+    return ("Fast channel on task A (a context changes the policy only once a proposal is accepted): "
+            + "; ".join(parts) + ".")
 
 
 def _learner_note(results: Mapping[str, Any]) -> str:

@@ -325,3 +325,14 @@ def test_shared_baseline_check_names_the_seeds_that_differ():
     check = rp.shared_baseline({"fst": {"0": same, "1": same}, "rl": {"0": same, "1": other}})
     assert check == {"seeds_checked": 2, "seeds_identical": 1, "differing": [1]}
     assert "**Check failed**" in _baseline_check({"shared_baseline": check})
+
+
+def test_report_says_what_the_fast_channel_did():
+    flat = [curve([0, 8, 16], [0.25, 0.25, 0.25]) for _ in range(3)]
+    fst = [dict(c, counters={"fast_rounds": 2, "fast_rollouts": 40, "fast_proposals": 2, "fast_accepted": a})
+           for c, a in zip(flat, (0, 1, 0), strict=True)]
+    results = hand_results({"fst": fst, "rl": flat, "prompt": flat})
+    report = rp.render_report(results, rp.analyse(results))
+    # Summed over seeds; an arm whose counters predate the proposal counts says so instead of printing 0.
+    assert "fst: 6 fast rounds, 6 proposals, 1 accepted, 120 fast-round rollouts over 3 seeds" in report
+    assert "prompt: 0 fast rounds, proposals and acceptances not recorded by this version" in report

@@ -65,10 +65,11 @@ def test_feedback_buffer_holds_rollouts_with_the_same_books():
 
 def test_budget_counters_count_fast_rounds_and_restore_old_checkpoints():
     counters = BudgetCounters({"update": 0, "wall_time_s": 0.0})
-    counters.count_fast_round({"metric_calls": 6, "rollouts_reused": 2, "reflection_calls": 1})
-    counters.count_fast_round({"metric_calls": 4})
+    counters.count_fast_round({"metric_calls": 6, "rollouts_reused": 2, "reflection_calls": 1, "n_proposals": 2,
+                               "n_accepted": 1})
+    counters.count_fast_round({"metric_calls": 4, "n_proposals": 1})
     assert counters == {"update": 0, "wall_time_s": 0.0, "fast_rounds": 2, "fast_rollouts": 10,
-                        "rollouts_reused": 2, "reflection_calls": 1}
+                        "rollouts_reused": 2, "reflection_calls": 1, "fast_proposals": 3, "fast_accepted": 1}
     assert counters.as_metrics()["budget/fast_rollouts"] == 10
     counters.restore({"update": 3, "fast_rounds": 1})  # an older checkpoint without the other counters
     assert counters["update"] == 3 and counters["fast_rounds"] == 1 and counters["fast_rollouts"] == 0
