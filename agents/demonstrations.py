@@ -149,10 +149,10 @@ class DemonstrationFastLearner(GepaFastLearner):
                          **kwargs)
 
     def round(self, population: ContextPopulation, evaluate: EvaluateFn, recent_rollouts: Sequence[Rollout] = (),
-              problem_keys: Sequence[str] = ()) -> dict[str, Any]:
+              problem_keys: Sequence[str] = (), *, evidence: Sequence[Rollout] | None = None) -> dict[str, Any]:
         """One fast round; the demonstration pool is the recent rollouts' eligible ones (see the module doc)."""
         self.demonstrations.set_pool(recent_rollouts)
-        metrics = super().round(population, evaluate, recent_rollouts, problem_keys)
+        metrics = super().round(population, evaluate, recent_rollouts, problem_keys, evidence=evidence)
         metrics["demonstration_pool"] = len(self.demonstrations.pool)
         return metrics
 

@@ -4,8 +4,10 @@ A fast round (FST, arXiv 2605.12484; GEPA's reflective mutation) does, for a :cl
 
 1. re-score every candidate on ``problem_keys`` with the CURRENT policy (scores go stale as the weights move);
 2. until the round's budget is spent: draw a parent from the per-problem Pareto front, sample a minibatch of
-   recent problems, collect the parent's rollouts on it (reusing recent RL rollouts of that very context when
-   there are some), turn them into reflective records ``{"Inputs", "Generated Outputs", "Feedback"}``, propose a
+   recent problems, collect the parent's rollouts on it (reusing recent RL rollouts of that very context only
+   when they were sampled under the current weights, the ``evidence``: parent and child must be judged under the
+   same weights, or a policy that improved since would make any child look better), turn them into reflective
+   records ``{"Inputs", "Generated Outputs", "Feedback"}``, propose a
    child, evaluate the child on the same minibatch and accept it only if it is strictly better (sum of scores);
    an accepted child is scored on ``problem_keys`` and joins the population;
 3. prune the population to K (Pareto front first, then mean score).
@@ -62,7 +64,7 @@ class FastLearner(Protocol):
     """What the agent drives every T slow steps: one fast round on the population, plus resumable state."""
 
     def round(self, population: ContextPopulation, evaluate: EvaluateFn, recent_rollouts: Sequence[Rollout],
-              problem_keys: Sequence[str]) -> dict[str, Any]: ...
+              problem_keys: Sequence[str], *, evidence: Sequence[Rollout] | None = None) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -86,7 +88,12 @@ class GepaFastLearner:
     """The fast round shared by both learners: gepa's reflective-mutation parts under our outer loop.
 
     Contract of :meth:`round` (the steps are in this module's docstring):
-    - every candidate is re-scored on ``problem_keys`` first, always with freshly generated rollouts;
+    - ``recent_rollouts`` give the problems minibatches are drawn from; of them, only ``evidence`` (default: all
+      of them) stands in for rollouts of its context. Callers whose weights changed since a rollout was sampled
+      must leave it out of ``evidence`` (after a slow step: ``()``), so every score the round compares was
+      measured under the current weights;
+    - every candidate is re-scored on ``problem_keys`` first, from rollouts under the current weights (evidence
+      or freshly generated);
     - a round stops after ``proposals_per_round`` proposals (children evaluated on a minibatch),
       ``max_iterations`` iterations (default ``3 * proposals_per_round``; an iteration without a proposal happens
       when the parent's minibatch is already perfect or the proposer changes nothing), or before an iteration
@@ -138,8 +145,11 @@ class GepaFastLearner:
 
     # ------------------------------------------------------------------ the round
     def round(self, population: ContextPopulation, evaluate: EvaluateFn, recent_rollouts: Sequence[Rollout] = (),
-              problem_keys: Sequence[str] = ()) -> dict[str, Any]:
-        """One fast round on ``population`` (modified in place); returns the metrics of the round."""
+              problem_keys: Sequence[str] = (), *, evidence: Sequence[Rollout] | None = None) -> dict[str, Any]:
+        """One fast round on ``population`` (modified in place); returns the metrics of the round.
+
+        ``evidence``: the rollouts of ``recent_rollouts`` sampled under the current weights (default: all of them).
+        """
         keys = list(dict.fromkeys(problem_keys))
         if not keys or not all(isinstance(k, str) for k in keys):
             raise ValueError(f"{type(self).__name__}.round: problem_keys must be a non-empty list of problem keys "
@@ -147,11 +157,12 @@ class GepaFastLearner:
         round_index = population.new_round()
         adapter = RolloutAdapter(evaluate, max_records_per_problem=self.max_records_per_problem,
                                   max_field_chars=self.max_field_chars, minibatch_samples=self.minibatch_samples)
-        adapter.remember(recent_rollouts)
+        adapter.remember(recent_rollouts if evidence is None else evidence)
 
-        # 1. Re-score under the current weights: scores from earlier rounds were measured with older weights.
+        # 1. Re-score under the current weights: scores from earlier rounds were measured with older weights. The
+        # adapter only holds rollouts under the current weights, so those it has are as good as new ones.
         for cid in population.ids:
-            by_key, _ = adapter.rollouts_for(population.context(cid), keys, reuse=False)
+            by_key, _ = adapter.rollouts_for(population.context(cid), keys, reuse=True)
             population.set_scores(cid, {k: adapter.score(by_key[k]) for k in keys})
         rescore_calls = adapter.generated
 

@@ -333,8 +333,14 @@ class FSTAgent:
         start = time.perf_counter()
         c = self.config
         keys = self.recent.problem_keys(c.fast_problems)
-        recent = [e.as_rollout(c.return_rule) for e in self.recent]
-        round_metrics = self.fast.round(self.population, self._evaluate, recent, keys)
+        episodes = list(self.recent)
+        recent = [e.as_rollout(c.return_rule) for e in episodes]
+        # Only episodes sampled under the current weights may stand in for the round's own rollouts: after a slow
+        # step none are, so the parent is judged on fresh samples like its child (older ones would favour any
+        # child of a policy that has improved since).
+        evidence = [r for e, r in zip(episodes, recent, strict=True)
+                    if e.info.get("weights_version") == self.weights_version]
+        round_metrics = self.fast.round(self.population, self._evaluate, recent, keys, evidence=evidence)
         self.counters.count_fast_round(round_metrics)
         self.counters["wall_time_s"] += time.perf_counter() - start
         return dict(round_metrics)
@@ -406,7 +412,16 @@ class FSTAgent:
         """Count played episodes and keep them (text only: fast rounds need no token ids) for the next fast round."""
         self.counters["rl_samples"] += len(episodes)
         self.counters["rl_turns"] += sum(len(e.turns) for e in episodes)
-        self.recent.extend(e.without_tokens() for e in episodes)
+        kept = [e.without_tokens() for e in episodes]
+        for episode in kept:
+            episode.info["weights_version"] = self.weights_version
+        self.recent.extend(kept)
+
+    @property
+    def weights_version(self) -> int:
+        """How many slow steps have changed the weights so far: episodes sampled under equal versions are
+        comparable (a fast-only agent's weights never change)."""
+        return int(self.counters["slow_steps"])
 
     def _count_tokens(self, prompt: str) -> int:
         return len(self.policy.tokenizer(prompt, add_special_tokens=False).input_ids)

@@ -416,7 +416,10 @@ class FSTGRPOTrainer(EpisodeRollouts, GRPOTrainer):
     def _fast_round_main(self) -> dict[str, Any]:
         keys = self.feedback_buffer.problem_keys(self.fast_problems)
         if keys:
-            metrics = self.fast_learner.round(self.population, self.fast_evaluate, self.feedback_buffer.recent(), keys)
+            # The round runs after an optimizer step, so no recorded rollout was sampled under the current weights:
+            # none may stand in for the round's own (parent and child are judged under the same weights).
+            metrics = self.fast_learner.round(self.population, self.fast_evaluate, self.feedback_buffer.recent(), keys,
+                                              evidence=())
             self.fast_history.append(metrics)
             self.fst_counters.count_fast_round(metrics)
         else:

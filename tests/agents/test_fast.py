@@ -138,14 +138,64 @@ def test_recent_rollouts_are_reused_not_regenerated() -> None:
     assert metrics["metric_calls"] == env.rollouts == 2 + 3 + 2
 
 
-def test_rescoring_ignores_stale_recent_rollouts() -> None:
+def test_rescoring_uses_only_rollouts_under_the_current_weights() -> None:
     stale = KeywordEnv(base=0.0)(dict(SEED), KEYS)  # rollouts from before the last slow steps
     env = KeywordEnv(base=0.5)  # the current weights do better
     pop = ContextPopulation(SEED)
     learner = ReflectiveFastLearner(ScriptedReflector(["Be brief."]), proposals_per_round=1)
-    learner.round(pop, env, stale, KEYS)
+    learner.round(pop, env, stale, KEYS, evidence=())  # the caller says none was sampled under these weights
     assert env.calls[0] == (SEED, KEYS)  # the seed was re-scored with the current policy
     assert pop[pop.ids[0]].scores == dict.fromkeys(KEYS, 0.5)
+    # Rollouts under the current weights (no slow step since) are as good as new ones: nothing is regenerated.
+    current = KeywordEnv(base=0.5)(dict(SEED), KEYS)
+    env = KeywordEnv(base=0.5)
+    pop = ContextPopulation(SEED)
+    ReflectiveFastLearner(ScriptedReflector(["Be brief."]), proposals_per_round=1).round(pop, env, current, KEYS)
+    assert [keys for ctx, keys in env.calls if ctx == SEED] == []
+    assert pop[pop.ids[0]].scores == dict.fromkeys(KEYS, 0.5)
+
+
+class CoinEnv:
+    """An evaluate fn whose reward is a coin flip with probability ``rate`` whatever the context (seeded)."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        import random
+
+        self.rate, self.rng = rate, random.Random(seed)
+
+    def __call__(self, context: Context, keys: list[str]) -> list[Rollout]:
+        rewards = [float(self.rng.random() < self.rate) for _ in keys]
+        return [Rollout(group=k, problem=f"problem {k}", context_id=-1, context=dict(context), completion="41",
+                        reward=r, feedback="Correct." if r else "Incorrect: expected 42.",
+                        verdict="correct" if r else "incorrect") for k, r in zip(keys, rewards, strict=True)]
+
+
+def _identical_child_accepts(evidence_is_stale: bool, trials: int = 200) -> int:
+    """Rounds (of ``trials``) that accept a child as good as its parent, under the agent's acceptance settings,
+    when the recent rollouts came from older weights (reward rate 0.2) and the current ones score 0.5."""
+    from fst_env.agents.fast import EvidenceAcceptance
+
+    recent_keys = [f"toy/train/r{i}" for i in range(3)]
+    accepted = 0
+    for trial in range(trials):
+        older = CoinEnv(0.2, seed=10_000 + trial)(dict(SEED), [k for k in recent_keys for _ in range(4)])
+        learner = ReflectiveFastLearner(ScriptedReflector(["Be brief."]), proposals_per_round=1, seed=trial,
+                                        acceptance=EvidenceAcceptance(), minibatch_samples=4)
+        metrics = learner.round(ContextPopulation(SEED), CoinEnv(0.5, seed=trial), older, KEYS[:2],
+                                evidence=older if evidence_is_stale else ())
+        accepted += metrics["n_accepted"]
+    return accepted
+
+
+def test_parent_and_child_are_judged_under_the_same_weights():
+    # The child changes nothing that matters. Judged against rollouts from older, worse weights, it would look
+    # better in most rounds; with the parent re-sampled under the current weights it is accepted about as
+    # rarely as the sign test allows (alpha 5%). Measured: 52 of 200 (26%) vs 5 of 200 (2.5%).
+    stale_accepts = _identical_child_accepts(evidence_is_stale=True)
+    fresh_accepts = _identical_child_accepts(evidence_is_stale=False)
+    assert stale_accepts == 52
+    assert fresh_accepts == 5
+    assert fresh_accepts / 200 <= 0.05 < stale_accepts / 200
 
 
 def test_budget_is_respected_and_counts_every_generated_rollout() -> None:

@@ -177,6 +177,34 @@ def test_skipped_slow_steps_are_counted_apart():
     assert agent.counters["wall_time_s"] > 0
 
 
+def _evidence_at_fast_rounds(agent: FSTAgent, updates: int) -> list[int]:
+    """How many recent rollouts the agent offered as evidence at each fast round of ``updates`` updates."""
+    offered, round_fn = [], agent.fast.round
+
+    def spy(*args, evidence=None, **kwargs):
+        offered.append(len(evidence))
+        return round_fn(*args, evidence=evidence, **kwargs)
+
+    agent.fast.round = spy
+    run_updates(agent, updates)
+    return offered
+
+
+def test_fast_round_reuses_only_episodes_sampled_under_the_current_weights():
+    # Each update trains (random lengths give every group reward variance), so at the fast round every recent
+    # episode predates the last slow step: none may stand in for the parent's samples. A fast-only agent's weights
+    # never change, so its recent episodes are all evidence; so are the last collect's after a skipped step.
+    trained = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    assert _evidence_at_fast_rounds(trained, 2) == [0]
+    assert trained.counters["slow_steps"] == 2
+    assert [e.info["weights_version"] for e in trained.recent] == [0] * 8 + [1] * 8
+    assert _evidence_at_fast_rounds(PromptAgent(tiny_policy(0), ENV_ID, small_config()), 2) == [16]
+    skipped = FSTAgent(tiny_policy(0), ENV_ID, small_config())
+    original = skipped.slow.step
+    skipped.slow.step = lambda batch: {**original(batch), "skipped": 1}  # the weights stay as they were
+    assert _evidence_at_fast_rounds(skipped, 2) == [16]
+
+
 def test_demonstrations_fast_learner_is_selectable_and_runs():
     from fst_env.agents.demonstrations import DemonstrationFastLearner
 

@@ -131,13 +131,13 @@ def record_learner_calls(learner: Any, report: dict[str, Any], *, fail: bool = F
     (and, with ``fail``, the call then raises RuntimeError(:data:`SCRIPTED_FAILURE`))."""
     real_round = learner.round
 
-    def round_(population, evaluate, recent_rollouts=(), problem_keys=()):
+    def round_(population, evaluate, recent_rollouts=(), problem_keys=(), *, evidence=None):
         report["learner_calls"].append({
             "problem_keys": list(problem_keys),
             "rollouts": [[r.group, r.context_id, r.completion, r.info.get("step")] for r in recent_rollouts]})
         if fail:
             raise RuntimeError(SCRIPTED_FAILURE)
-        return real_round(population, evaluate, recent_rollouts, problem_keys)
+        return real_round(population, evaluate, recent_rollouts, problem_keys, evidence=evidence)
 
     learner.round = round_
 
