@@ -37,6 +37,7 @@ BAD_AGENT = [
     ("backend_kwargs", [1], "[1]", "a table with string keys"),
     ("backend_kwargs", {"nope": 1}, "{ nope = 1 }", "'nope' not accepted by backend 'fast'; allowed: batch_size"),
     ("full_finetune", "no", '"no"', "true or false"),
+    ("learner_autocast", "on", '"on"', "true or false"),
     ("slow", 1, "1", "true or false"),
     ("fast", "yes", '"yes"', "true or false"),
 ]

@@ -205,6 +205,17 @@ def test_fast_round_reuses_only_episodes_sampled_under_the_current_weights():
     assert _evidence_at_fast_rounds(skipped, 2) == [16]
 
 
+def test_learner_autocast_reaches_the_slow_learner_and_trains():
+    agent = RLAgent(tiny_policy(0), ENV_ID, small_config(learner_autocast=True))
+    assert agent.slow.settings.autocast
+    lora_before, _ = adapter_and_base(agent)
+    history = run_updates(agent, 1)
+    lora_after, _ = adapter_and_base(agent)
+    assert np.isfinite(history[0]["slow/loss"]) and history[0]["slow/skipped"] == 0
+    assert all(v.dtype == torch.float32 for v in lora_after.values())  # float32 master weights
+    assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_after)
+
+
 def test_demonstrations_fast_learner_is_selectable_and_runs():
     from fst_env.agents.demonstrations import DemonstrationFastLearner
 
