@@ -11,6 +11,7 @@ multi-turn task an update generates once per turn and the learner reads every tu
     python benchmarks/step_breakdown.py --quick              # smoke run: tiny model, 2 updates, short completions
     python benchmarks/step_breakdown.py --backend hf         # the transformers reference generation path
     python benchmarks/step_breakdown.py --multi-env fst/Bargain-v0
+    python benchmarks/step_breakdown.py --preset cpu --multi-env ''   # the main job's sizes and task (fst train)
 
 ``--backend`` defaults to FSTConfig's (``fast``). The importance ratio learner / sampler of every slow step is
 summarised (``slow/ratio_*``, ``slow/logprob_diff_mean``): with a bf16 sampler and an fp32 learner it shows how far
@@ -28,9 +29,13 @@ import numpy as np
 import torch
 
 from fst_env.agents.fst_agent import FSTAgent, FSTConfig
+from fst_env.config import DEFAULT_ENV_SPEC, PRESETS
 from fst_env.loop import update
 from fst_env.models import Policy, load_policy, tiny_policy
 
+#: The FSTConfig fields ``--preset`` takes from the preset (each is also a flag of this script).
+PRESET_FIELDS = ("group_size", "groups_per_step", "fast_every", "max_new_tokens", "fast_problems", "fast_budget",
+                 "proposals_per_round", "temperature", "lr")
 PHASES = ("generation", "env_steps", "forward", "backward", "optimizer", "fast_amortised", "total")
 #: A fast round's parts (per round): its generation seconds, episodes generated (of them, re-scoring the
 #: population), episodes reused from the RL collect, proposals and acceptances, and generation seconds per episode
@@ -72,11 +77,13 @@ def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, 
     and libraries on first use).
     """
     policy = policy if policy is not None else make_policy(args)
+    optional = {name: getattr(args, name, None) for name in ("backend", "proposals_per_round", "temperature", "lr")}
     config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
                        fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
-                       fast_problems=args.fast_problems, fast_budget=4 * args.fast_problems * 4,
+                       fast_problems=args.fast_problems,
+                       fast_budget=getattr(args, "fast_budget", None) or 4 * args.fast_problems * 4,
                        max_context_tokens=getattr(args, "max_context_tokens", FSTConfig().max_context_tokens),
-                       **({"backend": args.backend} if getattr(args, "backend", None) else {}))
+                       **{name: value for name, value in optional.items() if value is not None})
     agent = FSTAgent(policy, env_id, config, env_kwargs=env_kwargs)
     generation = _timed(agent.backend, "generate")  # the episode runner holds the same backend object
     collecting = {"seconds": 0.0, "generation": 0.0}
@@ -186,8 +193,22 @@ def main() -> None:
                         "(default: bf16 on cuda, else fp32; the fast backend samples from its own bf16 copy on CPUs "
                         "with AVX512-BF16/AMX)")
     parser.add_argument("--backend", default=None, help="generation backend (default: FSTConfig's, 'fast')")
+    parser.add_argument("--fast-budget", type=int, default=None, help="rollouts a fast round may generate "
+                        "(default 16 x --fast-problems)")
+    parser.add_argument("--proposals-per-round", type=int, default=None, help="default: FSTConfig's")
+    parser.add_argument("--temperature", type=float, default=None, help="default: FSTConfig's")
+    parser.add_argument("--lr", type=float, default=None, help="default: FSTConfig's")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="the sizes of `fst train` with this "
+                        "preset (the main job's: cpu): G, problems per update, completion length, T, the fast round's "
+                        "problems, budget and proposals, temperature, lr, on the main job's task; flags given "
+                        "explicitly still apply")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 updates, G=2, 8 new tokens, "
                         "a fast round every 2 updates, 2 fast-round problems")
+    preset = parser.parse_known_args()[0].preset
+    if preset:
+        # The preset's values become the defaults, so flags given explicitly still override them.
+        agent = PRESETS[preset]["agent"]
+        parser.set_defaults(env=DEFAULT_ENV_SPEC, **{name: agent[name] for name in PRESET_FIELDS if name in agent})
     args = parser.parse_args()
     if args.quick:
         args.model, args.updates, args.group_size, args.max_new_tokens = "tiny", 2, 2, 8
