@@ -211,6 +211,9 @@ class FSTAgent:
         self.config = (config or FSTConfig()).validate()
         self.policy = policy
         self.rng = random.Random(self.config.seed)
+        # Fast rounds sample from their own stream, so the training episodes (drawn from self.rng) are the same
+        # whether or not the fast channel ran: FST and RL-only differ only by what an accepted context changed.
+        self.fast_rng = random.Random(f"fast-round:{self.config.seed}")
         torch.manual_seed(self.config.seed)
         c = self.config
         self.slow = SlowLearner(policy, lora=None if c.full_finetune else LoraSettings(rank=c.lora_rank,
@@ -274,11 +277,16 @@ class FSTAgent:
         user's (the one-turn case of :meth:`Episode.messages`)."""
         return self.backend.apply_chat_template(Episode("", -1, dict(context)).messages(observation))
 
-    def sampling(self) -> SamplingParams:
-        """Training sampling parameters, with a fresh seed drawn from the agent's RNG (one per generate call)."""
+    def sampling(self, rng: random.Random | None = None) -> SamplingParams:
+        """Training sampling parameters, with a fresh seed drawn from ``rng`` (default: the agent's RNG; one per
+        generate call)."""
         c = self.config
         return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                              seed=self.rng.randrange(2**31))
+                              seed=(rng or self.rng).randrange(2**31))
+
+    def _fast_sampling(self) -> SamplingParams:
+        """Sampling parameters of a fast-round episode: seeds from the fast rounds' own stream."""
+        return self.sampling(self.fast_rng)
 
     # ------------------------------------------------------------------ the algorithm's parts
     def collect(self, problem_ids: Sequence[int]) -> list[Episode]:
@@ -444,7 +452,7 @@ class FSTAgent:
         starts = [EpisodeStart(next(pools[(env_id, split)]), {"problem_id": problem_id}, NO_CONTEXT_ID,
                                dict(context), group=problem_key(env_id, split, problem_id))
                   for env_id, split, problem_id in problems]
-        return self.runner.play(starts, self.sampling)
+        return self.runner.play(starts, self._fast_sampling)
 
     def _kwargs_for(self, env_id: str) -> dict[str, Any]:
         return dict(self.env_kwargs) if env_id == self.env_id else {}
@@ -558,7 +566,8 @@ class FSTAgent:
             state = {"config": asdict(self.config), "env_id": self.env_id, "env_kwargs": self.env_kwargs,
                      "counters": self.counters, "population": self.population.state_dict(),
                      "fast": self.fast.state_dict() if self.fast is not None else None,
-                     "rng": _rng_to_json(self.rng.getstate()), "batch": [e.to_dict() for e in self.batch],
+                     "rng": _rng_to_json(self.rng.getstate()), "fast_rng": _rng_to_json(self.fast_rng.getstate()),
+                     "batch": [e.to_dict() for e in self.batch],
                      "recent": self.recent.state_dict()}
             (tmp / "agent.json").write_text(json.dumps(state))
             torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
@@ -582,6 +591,8 @@ class FSTAgent:
         if self.fast is not None and state["fast"] is not None:
             self.fast.load_state_dict(state["fast"])
         self.rng.setstate(_rng_from_json(state["rng"]))
+        if "fast_rng" in state:  # checkpoints before the fast rounds' own stream keep its fresh state
+            self.fast_rng.setstate(_rng_from_json(state["fast_rng"]))
         self.batch = [Episode.from_dict(e) for e in state["batch"]]
         self.recent.load_state_dict(state["recent"])  # a list of episode dicts in checkpoints before the buffer
         torch.set_rng_state(torch.load(directory / "torch_rng.pt", weights_only=True))

@@ -190,6 +190,29 @@ def _evidence_at_fast_rounds(agent: FSTAgent, updates: int) -> list[int]:
     return offered
 
 
+def test_fst_whose_fast_rounds_accept_nothing_trains_exactly_like_rl_only():
+    # Fast rounds sample from their own stream: until a context is accepted, FST's episodes, slow steps and
+    # adapter are RL-only's, so an FST-minus-RL difference measures what accepted contexts did, not sampling luck.
+    from fst_env.agents.fast import ScoreAcceptance
+    from fst_env.loop import update
+
+    config = small_config(fast_every=2, max_new_tokens=6)
+    fst, rl = FSTAgent(tiny_policy(0), ENV_ID, config), RLAgent(tiny_policy(0), ENV_ID, config)
+    fst.fast.acceptance = ScoreAcceptance(lambda parent, child: False, name="never")
+    rounds = []
+    for step in range(1, 5):
+        problems = [step, step + 8]
+        (got, fast_round), (expected, _) = update(fst, problems, step), update(rl, problems, step)
+        slow = {k: v for k, v in got.items() if k.startswith(("slow/", "rollout/")) and "time" not in k}
+        assert _same(slow, {k: v for k, v in expected.items() if k in slow})
+        rounds += [fast_round] if fast_round is not None else []
+    assert len(rounds) == 2 and sum(r["metric_calls"] for r in rounds) > 0
+    assert sum(r["n_proposals"] for r in rounds) >= 1 and sum(r["n_accepted"] for r in rounds) == 0
+    lora_fst, _ = adapter_and_base(fst)
+    lora_rl, _ = adapter_and_base(rl)
+    assert all(torch.equal(lora_fst[k], lora_rl[k]) for k in lora_fst)
+
+
 def test_fast_round_reuses_only_episodes_sampled_under_the_current_weights():
     # Each update trains (random lengths give every group reward variance), so at the fast round every recent
     # episode predates the last slow step: none may stand in for the parent's samples. A fast-only agent's weights
