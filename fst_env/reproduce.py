@@ -49,6 +49,7 @@ from fst_env.reproduce_analysis import (
     ARMS,
     MATCH_TOLERANCE,
     SLOW_ARMS,
+    across_seeds,
     analyse,
     asymptote,
     asymptote_difference,
@@ -70,7 +71,7 @@ from fst_env.schedule import ConfigError
 # Everything this module offered before the analysis and the report moved out (those are imported above).
 __all__ = [
     "ARMS", "MATCH_TOLERANCE", "MISSING_ARMS", "MODES", "PAPER", "PRESET", "SETTINGS_TABLE", "SLOW_ARMS",
-    "ReproSettings", "Reproduction", "analyse", "asymptote", "asymptote_difference", "base_config",
+    "ReproSettings", "Reproduction", "across_seeds", "analyse", "asymptote", "asymptote_difference", "base_config",
     "bootstrap_indices", "continual", "curve_from_summary", "final_difference", "final_difference_line",
     "make_plots", "matched_kl", "mean_curve", "mean_interval", "paired", "plan", "plasticity", "render_report",
     "reproduce", "sample_efficiency", "scaling_table", "settings_for", "shared_baseline", "split_overrides",

@@ -51,9 +51,12 @@ def final_difference_line(analysis: Mapping[str, Any], task: str) -> str:
         return f"FST minus RL-only, final held-out accuracy on {task}: not measured (an arm failed; see errors)"
     sign = {"positive": "excludes 0: FST higher", "negative": "excludes 0: RL-only higher",
             "includes 0": "includes 0: no resolvable difference"}.get(diff["sign"], "no interval")
+    within = diff.get("problem_level")
+    noise = (f"; paired over the {within['n']} (seed, problem) pairs, i.e. evaluation noise of these runs alone: "
+             f"{_interval(within)}" if within else "")
     return (f"FST minus RL-only, final held-out accuracy on {task}: {_interval(diff)} (95% t interval over "
-            f"n={diff['n']} (seed, problem) pairs = {diff['seeds']} seeds x {diff['problems']} problems, same "
-            f"problems and eval seeds; {sign})")
+            f"{diff['seeds']} seeds, each the mean over the same {diff['problems']} problems and eval seeds: a seed "
+            f"is one training run per arm, so seeds are the independent units{noise}; {sign})")
 
 
 def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
@@ -72,7 +75,9 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
              f"Model: {results['model']}. Seeds: {', '.join(map(str, results['seeds']))}.",
              "", f"Task A: `{task_a}`. Task B (plasticity, continual): `{task_b}`.", "",
              "Every arm of a seed is evaluated on the same held-out problems with the same sampling seeds (common "
-             "random numbers); differences are paired by (seed, problem). Intervals are 95%. "
+             "random numbers); differences are paired by problem within a seed, and their intervals are over seeds "
+             "(each seed is one training run per arm, so its problems are not independent units). Intervals are "
+             "95%. "
              + _baseline_check(analysis), "",
              "## FST minus RL-only", "", final_difference_line(analysis, task_a), "", _fast_channel_line(results),
              ""]
@@ -154,10 +159,10 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
                if s.get("plasticity", True) else "Plasticity probe: off in this mode."), ""]
     for init, row in plast.get("inits", {}).items():
         lines.append(f"- from {init} weights: task-B accuracy {row['before']:.3f} -> {row['after']:.3f}, gain "
-                     f"{_interval(row['gain'])} over {row['gain']['n']} (seed, problem) pairs")
+                     f"{_interval(row['gain'])} over {row['gain']['n']} seeds")
     if "difference" in plast:
         lines.append(f"\nFST-init minus RL-init gain: {_interval(plast['difference'])} "
-                     f"(n={plast['difference']['n']}).")
+                     f"(over {plast['difference']['n']} seeds).")
     lines += ["", "Plasticity: " + _verdict(plast), ""]
     if cont.get("arms"):
         lines.append(f"Continual schedule: task A for {s['steps']} updates, then task B for {s['continual_steps']}, "
@@ -170,7 +175,7 @@ def render_report(results: Mapping[str, Any], analysis: Mapping[str, Any],
                          f", backward transfer {_interval(row['backward_transfer'])} ({row['seeds']} seeds)")
         if "difference" in cont:
             lines.append(f"\nFST minus RL-only forgetting of task A: {_interval(cont['difference'])} "
-                         f"(n={cont['difference']['n']}).")
+                         f"(over {cont['difference']['n']} seeds).")
     lines += ["", "Continual: " + _verdict(cont)]
     lines += _plot_line(plots, "plasticity")
 

@@ -112,7 +112,7 @@ def test_miniature_run_writes_every_section_and_shares_evaluation_across_arms(tm
                     "## How it was run", "| setting | paper | here | why |"):
         assert heading in report, heading
     line = (r"FST minus RL-only, final held-out accuracy on \S+: [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
-            r"\(95% t interval over n=4 \(seed, problem\) pairs = 2 seeds x 2 problems")
+            r"\(95% t interval over 2 seeds, each the mean over the same 2 problems")
     assert re.search(line, report)
     assert "Command: `fst reproduce --quick --out" in report and "load average" in report
     assert "Fast learner in this mode: `notes`" in report
@@ -265,7 +265,7 @@ def test_plasticity_and_continual_on_known_numbers():
     runs = {"fst": [{"before": zeros, "after": ones}] * 3, "rl": [{"before": zeros, "after": half}] * 3}
     out = rp.plasticity(runs)
     assert out["inits"]["fst"]["gain"]["mean"] == 1.0 and out["inits"]["rl"]["gain"]["mean"] == 0.5
-    assert out["difference"]["mean"] == pytest.approx(0.5) and out["difference"]["n"] == 12
+    assert out["difference"]["mean"] == pytest.approx(0.5) and out["difference"]["n"] == 3  # seeds
     assert out["verdict"] == "agree"
 
     def run(a_after_a, a_after_b):
@@ -307,7 +307,8 @@ def test_differences_pair_the_same_seed_when_an_arm_lost_one():
     results["curves"] = {"fst": fst, "rl": rl}
     analysis = rp.analyse(results)
     assert analysis["paired_seeds"] == [1, 2]
-    assert analysis["final_difference"]["mean"] == 0.0 and analysis["final_difference"]["n"] == 8
+    assert analysis["final_difference"]["mean"] == 0.0 and analysis["final_difference"]["n"] == 2  # seeds 1, 2
+    assert analysis["final_difference"]["problem_level"]["n"] == 8
     assert [row["seed"] for row in analysis["sample_efficiency"]["per_seed"]] == [1, 2]
     assert analysis["curves"]["fst"]["seeds"] == 3  # the arm's own curve keeps every seed it has
 
@@ -336,3 +337,33 @@ def test_report_says_what_the_fast_channel_did():
     # Summed over seeds; an arm whose counters predate the proposal counts says so instead of printing 0.
     assert "fst: 6 fast rounds, 6 proposals, 1 accepted, 120 fast-round rollouts over 3 seeds" in report
     assert "prompt: 0 fast rounds, proposals and acceptances not recorded by this version" in report
+
+
+def test_differences_take_seeds_as_the_independent_units():
+    # Three seeds whose runs differ by luck: within each seed the difference is consistent over 64 problems, so
+    # pairs of (seed, problem) look decisive, but across seeds the sign is not settled.
+    fst = [[1.0] * 5 + [0.0] * 59, [1.0] * 17 + [0.0] * 47, [1.0] * 7 + [0.0] * 57]
+    rl = [[1.0] * 13 + [0.0] * 51, [1.0] * 19 + [0.0] * 45, [1.0] * 17 + [0.0] * 47]
+    diff = rp.across_seeds(fst, rl)
+    assert diff["n"] == diff["seeds"] == 3
+    assert diff["per_seed"] == pytest.approx([-8 / 64, -2 / 64, -10 / 64])
+    assert diff["mean"] == pytest.approx(-20 / 192)
+    # t interval over the 3 seed means (t_0.975,2 = 4.303): includes 0.
+    half = 4.303 * np.std(diff["per_seed"], ddof=1) / np.sqrt(3)
+    assert diff["ci_low"] == pytest.approx(diff["mean"] - half, abs=1e-3)
+    assert diff["ci_high"] == pytest.approx(diff["mean"] + half, abs=1e-3)
+    assert diff["sign"] == "includes 0"
+    assert diff["problem_level"]["n"] == 192 and diff["problem_level"]["sign"] == "negative"
+    assert rp.across_seeds(fst[:1], rl[:1])["sign"] == "unknown"  # one seed: no interval over seeds
+
+
+def test_sample_efficiency_is_not_judged_when_fst_accepted_no_context():
+    samples = [0, 8, 16]
+    rl = [curve(samples, [0.1, 0.3, 0.4]) for _ in range(3)]
+    fst = [dict(curve(samples, [0.1, 0.1, 0.2]), counters={"fast_proposals": 4, "fast_accepted": 0})
+           for _ in range(3)]
+    analysis = rp.analyse(hand_results({"fst": fst, "rl": rl, "prompt": rl}))
+    assert analysis["sample_efficiency"]["verdict"] == "not resolvable"
+    assert "0 of 12 proposals" in analysis["sample_efficiency"]["why"]
+    fst[0]["counters"]["fast_accepted"] = 1  # one accepted context: the comparison stands
+    assert rp.analyse(hand_results({"fst": fst, "rl": rl, "prompt": rl}))["sample_efficiency"]["verdict"] == "disagree"
