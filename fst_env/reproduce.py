@@ -84,9 +84,10 @@ PRESET = "cpu"  # the tuned preset this command reads its task, temperature, lr 
 #: The sizes of both modes, in one table: ``field: (quick, full, what it is)``. Everything not here (task, difficulty,
 #: temperature, lr, G, problems per update, completion length, fast learner and its budget) comes from the ``cpu``
 #: preset in fst_env/config.py at run time. ``--set reproduce.FIELD=VALUE`` overrides a cell for one run.
-#: Budgets (embedded model, 2 cores): quick <= 15 min, full <= 60 min. Timed 2026-12-02 on a 2-core AVX512-BF16
-#: EPYC: quick (the column before this change: 2 updates, n=8) 4.6 min; the full column's run is REPRODUCTION.md.
-#: Without bf16 (AVX2 only) generation is about 2x slower and the full mode does not fit its hour.
+#: Budgets (embedded model, 2 cores): quick <= 15 min, full <= 60 min. Timed 2026-12-06 on a 2-core AVX512-BF16/AMX
+#: Xeon: quick 8.8 min; full 60.8 min (REPRODUCTION.md; a fast round re-samples its parent since, which made FST's
+#: arms ~20% slower than RL-only's). Without bf16 (AVX2 only) generation is about 2x slower and the full mode does
+#: not fit its hour.
 SETTINGS_TABLE: dict[str, tuple[Any, Any, str]] = {
     "seeds": (3, 3, "training seeds per arm; every arm of a seed shares the held-out problems and eval seeds"),
     "steps": (4, 24, "updates per arm on task A (full: with eval_every 5, points at 0, 5, 10, 15, 20, 24)"),
