@@ -114,7 +114,7 @@ def across_seeds(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> 
     seeds; no interval below 2). ``problem_level`` is the same difference paired over the (seed, problem) pairs:
     evaluation noise alone, right for these particular runs but too narrow for the method (a 3-seed full run whose
     FST arm accepted no context, so trained like RL-only with other sampling seeds, gave -0.104 [-0.162, -0.046]
-    there and [-0.265, +0.057] over seeds).
+    there and [-0.266, +0.057] over seeds).
     """
     n = min(len(a), len(b))
     per_seed = [float(np.mean(np.subtract(x, y))) for x, y in zip(a[:n], b[:n], strict=True)]
