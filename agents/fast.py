@@ -40,6 +40,7 @@ from fst_env.agents.fast_bridge import (
 )
 from fst_env.agents.fast_proposers import NotesProposer, ReflectionProposer, note_meaning
 from fst_env.agents.fast_round import (
+    TRIAL_MODES,
     FastLearner,
     GepaFastLearner,
     NotesFastLearner,
@@ -52,6 +53,7 @@ _clean = clean_text
 _RolloutAdapter = RolloutAdapter
 
 __all__ = [
+    "TRIAL_MODES",
     "Acceptance",
     "EvaluateFn",
     "EvidenceAcceptance",

@@ -126,6 +126,10 @@ class RolloutAdapter:
             fresh.setdefault((context_key(rollout.context), rollout.group), []).append(rollout)
         self._memory.update(fresh)
 
+    def remembered(self, context: Context, key: str) -> int:
+        """How many rollouts of ``context`` on problem ``key`` are remembered."""
+        return len(self._memory.get((context_key(context), key), ()))
+
     def rollouts_for(self, context: Context, keys: Sequence[str], *, reuse: bool,
                      samples: int = 1) -> tuple[dict[str, list[Rollout]], int]:
         """Rollouts of ``context`` on every key in ``keys`` (remembered ones when ``reuse`` and there are at least

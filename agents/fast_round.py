@@ -12,6 +12,13 @@ A fast round (FST, arXiv 2605.12484; GEPA's reflective mutation) does, for a :cl
    an accepted child is scored on ``problem_keys`` and joins the population;
 3. prune the population to K (Pareto front first, then mean score).
 
+With ``trials="collect"`` a round generates nothing: a child is not tried on fresh minibatch rollouts but joins
+the population as a *trial* context, which the next collects sample beside its parent (G/K rollouts each, the
+same problems, the same weights). The next round judges it on those paired samples (``accept_samples``, pairs
+only within one weights version) and promotes or drops it; members are scored from the recent collects, and the
+reflection reads the parent's recent rollouts. Evidence then costs no generation and grows with T, at the price
+of trial contexts taking part of the RL batch.
+
 We own this outer loop (``gepa.optimize`` takes one seed and cannot carry a population across RL phases) and use
 gepa's parts for everything inside it: a ``GEPAState`` rebuilt from the population each round, the
 ``ParetoCandidateSelector``, the ``EpochShuffledBatchSampler``, the round-robin component selector, the
@@ -32,6 +39,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from gepa.core.adapter import EvaluationBatch
+from gepa.core.data_loader import ensure_loader
 from gepa.core.state import GEPAState, ValsetEvaluation
 from gepa.logging.experiment_tracker import ExperimentTracker
 from gepa.proposer.base import CandidateProposal
@@ -41,7 +50,7 @@ from gepa.strategies.batch_sampler import EpochShuffledBatchSampler
 from gepa.strategies.candidate_selector import ParetoCandidateSelector
 from gepa.strategies.component_selector import RoundRobinReflectionComponentSelector
 
-from fst_env.agents.fast_acceptance import Acceptance
+from fst_env.agents.fast_acceptance import Acceptance, EvidenceAcceptance
 from fst_env.agents.fast_bridge import (
     EvaluateFn,
     GepaLog,
@@ -57,6 +66,10 @@ from fst_env.agents.reflection import ReflectionLM
 from fst_env.agents.rollout import Rollout
 
 logger = logging.getLogger(__name__)
+
+
+#: How a child is tried: "round" (fresh minibatch rollouts in the round) or "collect" (sampled by the next collects).
+TRIAL_MODES = ("round", "collect")
 
 
 @runtime_checkable
@@ -103,14 +116,20 @@ class GepaFastLearner:
     - children are accepted by ``acceptance`` (default gepa's strict improvement of the minibatch sum), scored on
       ``problem_keys`` and added with lineage; the population is then pruned to its ``max_size``;
     - deterministic given ``seed`` (and a deterministic evaluate fn / proposer); :meth:`state_dict` carries the
-      rng so a resumed run continues identically.
+      rng so a resumed run continues identically;
+    - ``trials="collect"``: the round calls ``evaluate`` never (``metric_calls`` is 0). It judges every trial
+      candidate on the recent rollouts (``Rollout.context_id``; ``info["weights_version"]`` pairs samples only
+      within one version), promotes or removes it, scores members from the recent rollouts on ``problem_keys``,
+      and adds up to ``proposals_per_round`` new trials reflected from their parents' recent rollouts. It needs
+      a sample-level ``acceptance`` (``accept_samples``; default :class:`EvidenceAcceptance`).
     """
 
     def __init__(self, proposer: Proposer, *, components: Sequence[str] = ("instructions",),
                  minibatch_size: int = 3, proposals_per_round: int = 4, budget_metric_calls: int | None = None,
                  max_iterations: int | None = None, acceptance: Acceptance | None = None,
                  perfect_score: float = 1.0, skip_perfect_score: bool = True, max_records_per_problem: int = 2,
-                 max_field_chars: int = 2000, minibatch_samples: int = 1, seed: int = 0) -> None:
+                 max_field_chars: int = 2000, minibatch_samples: int = 1, seed: int = 0,
+                 trials: str = "round") -> None:
         components = list(components)
         if not components or not all(isinstance(c, str) and c for c in components):
             raise ValueError(f"{type(self).__name__}: components must be non-empty component names, got {components}")
@@ -127,6 +146,14 @@ class GepaFastLearner:
         if acceptance is not None and not isinstance(acceptance, Acceptance):
             raise TypeError(f"{type(self).__name__}: acceptance needs should_accept(proposal, state); wrap a "
                             f"scores function with ScoreAcceptance")
+        if trials not in TRIAL_MODES:
+            raise ValueError(f"{type(self).__name__}: trials must be one of {list(TRIAL_MODES)}, got {trials!r}")
+        if trials == "collect":
+            acceptance = acceptance if acceptance is not None else EvidenceAcceptance()
+            if not hasattr(acceptance, "accept_samples"):
+                raise ValueError(f"{type(self).__name__}: trials='collect' judges children on paired samples; "
+                                 f"its acceptance needs accept_samples (e.g. EvidenceAcceptance)")
+        self.trials = trials
         self.proposer = proposer
         self.components = components
         self.minibatch_size = minibatch_size
@@ -154,6 +181,8 @@ class GepaFastLearner:
         if not keys or not all(isinstance(k, str) for k in keys):
             raise ValueError(f"{type(self).__name__}.round: problem_keys must be a non-empty list of problem keys "
                              f"(str), got {list(problem_keys)[:5]!r}")
+        if self.trials == "collect":
+            return self._trial_round(population, recent_rollouts, keys)
         round_index = population.new_round()
         adapter = RolloutAdapter(evaluate, max_records_per_problem=self.max_records_per_problem,
                                   max_field_chars=self.max_field_chars, minibatch_samples=self.minibatch_samples)
@@ -161,7 +190,7 @@ class GepaFastLearner:
 
         # 1. Re-score under the current weights: scores from earlier rounds were measured with older weights. The
         # adapter only holds rollouts under the current weights, so those it has are as good as new ones.
-        for cid in population.ids:
+        for cid in population.member_ids:
             by_key, _ = adapter.rollouts_for(population.context(cid), keys, reuse=True)
             population.set_scores(cid, {k: adapter.score(by_key[k]) for k in keys})
         rescore_calls = adapter.generated
@@ -211,8 +240,6 @@ class GepaFastLearner:
                 records.append(record)
 
         removed = population.prune()
-        means = population.mean_scores()
-        best = population.best()
         metrics: dict[str, Any] = {
             "round": round_index,
             "n_iterations": n_iterations,
@@ -223,23 +250,31 @@ class GepaFastLearner:
             "metric_calls": adapter.generated,
             "metric_calls_rescore": rescore_calls,
             "rollouts_reused": adapter.reused,
-            "budget_metric_calls": self.budget_metric_calls,
-            "reflection_calls": int(getattr(self.proposer, "lm_calls", 0)) - lm_calls_before,
-            "reflection_cache_hits": int(getattr(self.proposer, "cache_hits", 0)) - cache_hits_before,
-            "reflection_errors": len(strategy.errors),
-            "last_reflection_error": strategy.errors[-1] if strategy.errors else "",
             "stop_reason": stop_reason,
-            "population_size": len(population),
-            "front_size": len(population.pareto_front()),
-            "best_id": best.id,
-            "best_mean_score": best.mean_score,
-            "mean_scores": {cid: m for cid, m in means.items()},
-            "removed_ids": removed,
-            "proposals": records,
+            **self._round_summary(population, strategy, (lm_calls_before, cache_hits_before), removed, records),
         }
         logger.info("fast round %d: %d proposals, %d accepted, %d rollouts, population %s", round_index,
                     n_proposals, n_accepted, adapter.generated, population.ids)
         return metrics
+
+    def _round_summary(self, population: ContextPopulation, strategy: ProposerStrategy, calls_before: tuple[int, int],
+                       removed: list[int], records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The round metrics both ways of trying children share: reflection counts, population, records."""
+        best = population.best()
+        return {
+            "budget_metric_calls": self.budget_metric_calls,
+            "reflection_calls": int(getattr(self.proposer, "lm_calls", 0)) - calls_before[0],
+            "reflection_cache_hits": int(getattr(self.proposer, "cache_hits", 0)) - calls_before[1],
+            "reflection_errors": len(strategy.errors),
+            "last_reflection_error": strategy.errors[-1] if strategy.errors else "",
+            "population_size": len(population),
+            "front_size": len(population.pareto_front()),
+            "best_id": best.id,
+            "best_mean_score": best.mean_score,
+            "mean_scores": dict(population.mean_scores()),
+            "removed_ids": removed,
+            "proposals": records,
+        }
 
     def _judge(self, proposal: CandidateProposal, state: GEPAState, population: ContextPopulation,
                adapter: RolloutAdapter, idx_to_id: list[int], keys: list[str],
@@ -302,6 +337,163 @@ class GepaFastLearner:
             "diff": {c: diff_summary(parent.get(c, ""), proposal.candidate[c]) for c in changed},
             "reflection": clean_text(reflection, 2000),
         }
+
+    # ------------------------------------------------------------------ trials="collect"
+    def _trial_round(self, population: ContextPopulation, recent_rollouts: Sequence[Rollout],
+                     keys: list[str]) -> dict[str, Any]:
+        """The round of ``trials="collect"``: judge the trials, score the members, propose new trials."""
+        round_index = population.new_round()
+        # Rewards per (context id, problem, weights version): only samples of one version are compared.
+        samples: dict[tuple[int, str, Any], list[float]] = {}
+        for rollout in recent_rollouts:
+            if not isinstance(rollout, Rollout):
+                raise TypeError(f"fast learner: recent_rollouts must hold Rollout objects, got "
+                                f"{type(rollout).__name__}")
+            version = (rollout.info or {}).get("weights_version")
+            samples.setdefault((rollout.context_id, rollout.group, version), []).append(float(rollout.reward))
+
+        records = [self._judge_trial(population, cid, samples) for cid in population.trial_ids]
+        n_accepted = sum(int(r["accepted"]) for r in records)
+        for cid in population.member_ids:
+            rewards: dict[str, list[float]] = {}
+            for (context_id, group, _), values in samples.items():
+                if context_id == cid and group in keys:
+                    rewards.setdefault(group, []).extend(values)
+            if rewards:  # a member the recent collects did not sample keeps its last scores
+                population.set_scores(cid, {k: sum(v) / len(v) for k, v in rewards.items()})
+        removed = population.prune()
+
+        strategy = ProposerStrategy(self.proposer)
+        lm_calls_before = int(getattr(self.proposer, "lm_calls", 0))
+        cache_hits_before = int(getattr(self.proposer, "cache_hits", 0))
+        n_proposals, n_iterations, stop_reason, adapter = self._propose_trials(population, recent_rollouts, strategy)
+        metrics: dict[str, Any] = {
+            "round": round_index,
+            "n_iterations": n_iterations,
+            "n_proposals": n_proposals,
+            "n_accepted": n_accepted,
+            "n_rejected": len(records) - n_accepted,
+            "n_skipped": n_iterations - n_proposals,
+            "n_trials_judged": len(records),
+            "n_trials": len(population.trial_ids),
+            "metric_calls": 0,
+            "metric_calls_rescore": 0,
+            "rollouts_reused": adapter.reused,
+            "stop_reason": stop_reason,
+            **self._round_summary(population, strategy, (lm_calls_before, cache_hits_before), removed, records),
+        }
+        logger.info("fast round %d (trials in the collects): %d judged, %d accepted, %d new trials, population %s",
+                    round_index, len(records), n_accepted, n_proposals, population.ids)
+        return metrics
+
+    def _judge_trial(self, population: ContextPopulation, trial_id: int,
+                     samples: Mapping[tuple[int, str, Any], list[float]]) -> dict[str, Any]:
+        """Promote or remove one trial from its paired samples beside its parent; the round's record of it."""
+        trial = population[trial_id]
+        parent_id = trial.parent_id
+        units = sorted({(group, version) for (cid, group, version) in samples
+                        if cid == trial_id and (parent_id, group, version) in samples}, key=repr)
+        parent_rewards = [samples[(parent_id, g, v)] for g, v in units]
+        child_rewards = [samples[(trial_id, g, v)] for g, v in units]
+        if parent_id not in population.member_ids:
+            accepted, reason = False, "its parent left the population"
+        elif not units:
+            accepted, reason = False, "no collect sampled it beside its parent under the same weights"
+        else:
+            accepted, reason = self.acceptance.accept_samples(parent_rewards, child_rewards)
+            accepted = bool(accepted)
+        parent_context = population.context(parent_id) if parent_id in population else {}
+        if accepted:
+            by_group: dict[str, list[float]] = {}
+            for (group, _), rewards in zip(units, child_rewards, strict=True):
+                by_group.setdefault(group, []).extend(rewards)
+            population.promote(trial_id, {g: sum(v) / len(v) for g, v in by_group.items()})
+        else:
+            population.remove(trial_id)
+        before = [sum(r) / len(r) for r in parent_rewards]
+        after = [sum(r) / len(r) for r in child_rewards]
+        return {
+            "iteration": population.round,
+            "parent_id": parent_id,
+            "child_id": trial_id if accepted else None,
+            "trial_id": trial_id,
+            "accepted": accepted,
+            "reason": reason,
+            "components": list(trial.changed),
+            "minibatch": [g for g, _ in units],
+            "pairs": sum(min(len(p), len(c)) for p, c in zip(parent_rewards, child_rewards, strict=True)),
+            "parent_scores": before,
+            "child_scores": after,
+            "parent_sum": sum(before),
+            "child_sum": sum(after),
+            "diff": {c: diff_summary(parent_context.get(c, ""), trial.context.get(c, "")) for c in trial.changed},
+            "reflection": clean_text(trial.reflection, 2000),
+        }
+
+    def _propose_trials(self, population: ContextPopulation, recent_rollouts: Sequence[Rollout],
+                        strategy: ProposerStrategy) -> tuple[int, int, str, RolloutAdapter]:
+        """Add up to ``proposals_per_round`` trials, each reflected from its parent's recent rollouts on a
+        minibatch (gepa's Pareto selector, batch sampler and round-robin components); nothing is generated."""
+
+        def no_generation(context: Any, problem_keys: list[str]) -> list[Rollout]:
+            raise RuntimeError("a trials='collect' fast round generates no rollout")  # a bug if reached
+
+        adapter = RolloutAdapter(no_generation, max_records_per_problem=self.max_records_per_problem,
+                                 max_field_chars=self.max_field_chars)
+        adapter.remember(recent_rollouts)
+        trainset = list(dict.fromkeys(r.group for r in recent_rollouts))
+        if not trainset:
+            return 0, 0, "no_rollouts", adapter
+        state, idx_to_id = population.to_gepa_state()
+        for candidate in state.program_candidates:
+            for component in self.components:
+                candidate.setdefault(component, "")
+        state.list_of_named_predictors = list(self.components)
+        selector = ParetoCandidateSelector(self.rng)
+        sampler = EpochShuffledBatchSampler(min(self.minibatch_size, len(trainset)), self.rng)
+        components_for = RoundRobinReflectionComponentSelector()
+        loader = ensure_loader(trainset)
+        n_proposals = n_iterations = 0
+        stop_reason = "proposals_per_round"
+        while n_proposals < self.proposals_per_round:
+            if n_iterations >= self.max_iterations:
+                stop_reason = "max_iterations"
+                break
+            state.i += 1
+            n_iterations += 1
+            parent_idx = selector.select_candidate_idx(state)
+            parent = state.program_candidates[parent_idx]
+            parent_id = idx_to_id[parent_idx]
+            minibatch = [trainset[i] for i in sampler.next_minibatch_ids(loader, state)]
+            minibatch = [k for k in minibatch if adapter.remembered(parent, k)]
+            if not minibatch:
+                continue  # the parent has no recent rollout on these problems
+            by_key, _ = adapter.rollouts_for(parent, minibatch, reuse=True)
+            scores = [adapter.score(by_key[k]) for k in minibatch]
+            if self.skip_perfect_score and all(s >= self.perfect_score for s in scores):
+                continue
+            trajectories = [by_key[k] for k in minibatch]
+            batch = EvaluationBatch(outputs=[[r.completion for r in t] for t in trajectories], scores=scores,
+                                    trajectories=trajectories)
+            components = components_for(state, trajectories, scores, parent_idx, parent)
+            try:
+                proposal, _ = strategy.reflect(parent, adapter.make_reflective_dataset(parent, batch, components),
+                                               components)
+            except Exception:
+                if strategy.fatal is not None:
+                    raise strategy.fatal from None
+                continue  # recorded in strategy.errors, as gepa's proposer skips a failed reflection
+            if not proposal.new_texts:
+                continue
+            parent_context = population.context(parent_id)
+            child = {k: v for k, v in {**parent, **proposal.new_texts}.items() if v or k in parent_context}
+            if any(context_key(c.context) == context_key(child) for c in population):
+                continue
+            reflection = "\n".join(str(proposal.raw_lm_outputs.get(c, "")) for c in proposal.new_texts).strip()
+            population.add(child, parent_id, {}, reflection=reflection, changed=sorted(proposal.new_texts),
+                           trial=True)
+            n_proposals += 1
+        return n_proposals, n_iterations, stop_reason, adapter
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

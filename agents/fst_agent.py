@@ -52,7 +52,7 @@ from fst_env.agents.episodes import (
     task_name,
     turn_seed,
 )
-from fst_env.agents.fast import EvidenceAcceptance, NotesFastLearner, ReflectiveFastLearner
+from fst_env.agents.fast import TRIAL_MODES, EvidenceAcceptance, NotesFastLearner, ReflectiveFastLearner
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.reflection import as_reflection_lm, from_transformers
 from fst_env.agents.rollout import Rollout
@@ -84,6 +84,10 @@ class FSTConfig:
     fast_problems: int = 8
     fast_budget: int = 96
     proposals_per_round: int = 2
+    # How a proposed child is tried: "round" (on fresh minibatch rollouts inside the fast round, GEPA's way) or
+    # "collect" (as a trial context the next T collects sample beside its parent, judged at the next round on
+    # those paired samples: fast rounds generate nothing, trial contexts take part of the RL batch).
+    fast_trials: str = "round"
     minibatch_size: int = 3
     max_new_tokens: int = 192
     max_turns: int = 8  # an episode is truncated after this many policy turns
@@ -139,6 +143,9 @@ class FSTConfig:
         if self.fast_learner not in ("reflective", "notes", "demonstrations"):
             raise ValueError(f"FSTConfig.fast_learner must be 'reflective', 'notes' or 'demonstrations', "
                              f"got {self.fast_learner!r}")
+        if self.fast_trials not in TRIAL_MODES:
+            raise ValueError(f"FSTConfig.fast_trials must be one of {', '.join(TRIAL_MODES)}; "
+                             f"got {self.fast_trials!r}")
         if self.slow and self.group_size < 2:
             raise ValueError("FSTConfig.group_size must be >= 2 when the slow channel is on (advantages are "
                              "normalised within a group)")
@@ -228,7 +235,8 @@ class FSTAgent:
         self.fast = None
         if c.fast:
             # A child must win a sign test on 4 samples per minibatch problem, not one lucky sample.
-            evidence: dict[str, Any] = dict(acceptance=EvidenceAcceptance(), minibatch_samples=4)
+            evidence: dict[str, Any] = dict(acceptance=EvidenceAcceptance(), minibatch_samples=4,
+                                            trials=c.fast_trials)
             if c.fast_learner == "demonstrations":
                 tokenizer = policy.tokenizer
                 self.fast = DemonstrationFastLearner(
@@ -347,6 +355,8 @@ class FSTAgent:
         keys = self.recent.problem_keys(c.fast_problems)
         episodes = list(self.recent)
         recent = [e.as_rollout(c.return_rule) for e in episodes]
+        for episode, rollout in zip(episodes, recent, strict=True):  # trials are judged within one version
+            rollout.info["weights_version"] = episode.info.get("weights_version")
         # Only episodes sampled under the current weights may stand in for the round's own rollouts: after a slow
         # step none are, so the parent is judged on fresh samples like its child (older ones would favour any
         # child of a policy that has improved since).

@@ -33,7 +33,9 @@ class Candidate:
 
     ``scores`` maps a problem key (the :attr:`Rollout.group` string) to the candidate's score on that problem
     from the latest re-scoring; ``changed`` lists the components that differ from the parent; ``reflection`` is
-    the text that proposed it (the reflection LM's raw reply, or the notes learner's rationale).
+    the text that proposed it (the reflection LM's raw reply, or the notes learner's rationale). A ``trial``
+    candidate is a proposed child not judged yet: the collects sample it (so it gathers evidence against its
+    parent), but it is no member: it has no scores, is never a parent, the best or on the front, and is not pruned.
     """
 
     id: int
@@ -43,6 +45,7 @@ class Candidate:
     changed: list[str] = field(default_factory=list)
     reflection: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    trial: bool = False
 
     @property
     def mean_score(self) -> float:
@@ -52,7 +55,8 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
         return {"id": self.id, "context": dict(self.context), "parent_id": self.parent_id, "round": self.round,
-                "changed": list(self.changed), "reflection": self.reflection, "scores": dict(self.scores)}
+                "changed": list(self.changed), "reflection": self.reflection, "scores": dict(self.scores),
+                "trial": self.trial}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
@@ -60,7 +64,8 @@ class Candidate:
         return cls(id=int(data["id"]), context=_check_context(data["context"]), parent_id=data.get("parent_id"),
                    round=int(data.get("round", 0)), changed=list(data.get("changed", [])),
                    reflection=str(data.get("reflection", "")),
-                   scores={str(k): float(v) for k, v in dict(data.get("scores", {})).items()})
+                   scores={str(k): float(v) for k, v in dict(data.get("scores", {})).items()},
+                   trial=bool(data.get("trial", False)))
 
 
 def _check_context(context: Any) -> Context:
@@ -85,6 +90,9 @@ class ContextPopulation:
     - :meth:`pareto_front` is gepa's per-instance front with dominated candidates removed;
       :meth:`select_parent` samples from it with gepa's ``ParetoCandidateSelector`` (weight = number of
       problems a candidate is best on); :meth:`prune` keeps the front first, then the best means;
+    - trial candidates (:meth:`add` with ``trial=True``) are in ``ids`` and in :meth:`assign_group` (the collects
+      sample them) but not in ``member_ids``: scoring, the front, parent selection, :meth:`best` and
+      :meth:`prune` see members only, until :meth:`promote` makes a trial a member or :meth:`remove` drops it;
     - :meth:`state_dict` is JSON-serialisable and :meth:`load_state_dict` restores it exactly.
     """
 
@@ -120,22 +128,35 @@ class ContextPopulation:
         """Current candidate ids, oldest first."""
         return list(self._candidates)
 
+    @property
+    def member_ids(self) -> list[int]:
+        """Ids of the judged candidates (every one but the trials), oldest first."""
+        return [cid for cid, c in self._candidates.items() if not c.trial]
+
+    @property
+    def trial_ids(self) -> list[int]:
+        """Ids of the trial candidates (proposed, sampled by the collects, not judged yet), oldest first."""
+        return [cid for cid, c in self._candidates.items() if c.trial]
+
     def context(self, candidate_id: int) -> Context:
         """A copy of the context of ``candidate_id`` (copies, so callers cannot edit the population by accident)."""
         return dict(self[candidate_id].context)
 
     def mean_scores(self) -> dict[int, float]:
-        """Mean score per candidate id (``-inf`` for unscored candidates)."""
-        return {c.id: c.mean_score for c in self._candidates.values()}
+        """Mean score per member id (``-inf`` for unscored members)."""
+        return {c.id: c.mean_score for c in self._members()}
 
     def problem_keys(self) -> list[str]:
-        """Every problem key any candidate has a score for, sorted."""
-        return sorted({k for c in self._candidates.values() for k in c.scores})
+        """Every problem key any member has a score for, sorted."""
+        return sorted({k for c in self._members() for k in c.scores})
 
     # ------------------------------------------------------------------ mutation
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1
+
+    def _members(self) -> list[Candidate]:
+        return [c for c in self._candidates.values() if not c.trial]
 
     def _insert(self, candidate: Candidate) -> None:
         self._candidates[candidate.id] = candidate
@@ -150,12 +171,15 @@ class ContextPopulation:
         self[candidate_id].scores = {str(k): float(v) for k, v in scores.items()}
 
     def add(self, child: Context, parent_id: int | None, scores: Mapping[str, float], *,
-            reflection: str = "", changed: Sequence[str] | None = None) -> int:
+            reflection: str = "", changed: Sequence[str] | None = None, trial: bool = False) -> int:
         """Add ``child`` (proposed from ``parent_id``) with its per-problem ``scores``; return its new id.
 
         The population may exceed ``max_size`` until :meth:`prune`, so a round can add several children and
         then keep the best K. ``changed`` defaults to the components whose text differs from the parent's.
+        ``trial=True`` adds it unjudged (no scores allowed): see the class contract.
         """
+        if trial and scores:
+            raise ValueError("ContextPopulation.add: a trial candidate has no scores until it is promoted")
         child = _check_context(child)
         if parent_id is not None and parent_id not in self._candidates:
             raise KeyError(f"ContextPopulation.add: parent id {parent_id} is not in the population {self.ids}")
@@ -164,9 +188,23 @@ class ContextPopulation:
             changed = sorted(k for k in set(child) | set(parent) if child.get(k, "") != parent.get(k, ""))
         candidate = Candidate(id=self._new_id(), context=child, parent_id=parent_id, round=self.round,
                               changed=list(changed), reflection=reflection,
-                              scores={str(k): float(v) for k, v in scores.items()})
+                              scores={str(k): float(v) for k, v in scores.items()}, trial=trial)
         self._insert(candidate)
         return candidate.id
+
+    def promote(self, candidate_id: int, scores: Mapping[str, float]) -> None:
+        """Make trial ``candidate_id`` a member, with its per-problem ``scores``."""
+        candidate = self[candidate_id]
+        if not candidate.trial:
+            raise ValueError(f"ContextPopulation.promote: candidate {candidate_id} is not a trial")
+        candidate.trial = False
+        self.set_scores(candidate_id, scores)
+
+    def remove(self, candidate_id: int) -> None:
+        """Drop trial ``candidate_id`` (a rejected child); members leave only through :meth:`prune`."""
+        if not self[candidate_id].trial:
+            raise ValueError(f"ContextPopulation.remove: candidate {candidate_id} is a member, not a trial")
+        del self._candidates[candidate_id]
 
     def reset_to(self, seed_context: Context) -> int:
         """Drop every candidate and restart from ``seed_context`` (a new continual-learning stage); return its id."""
@@ -178,13 +216,13 @@ class ContextPopulation:
 
     # ------------------------------------------------------------------ gepa bridge
     def to_gepa_state(self, candidate_ids: Sequence[int] | None = None) -> tuple[GEPAState, list[int]]:
-        """A gepa ``GEPAState`` holding the given candidates (default: all) and the state-index -> id map.
+        """A gepa ``GEPAState`` holding the given candidates (default: all members) and the state-index -> id map.
 
         The state's per-instance front is computed by gepa itself from the candidates' scores. Lineage inside
         the state is kept only between candidates that are both present. ``GEPAState.__init__`` leaves the
         budget counters unset (``initialize_gepa_state`` sets them), so they are set here.
         """
-        ids = list(self._candidates) if candidate_ids is None else list(candidate_ids)
+        ids = self.member_ids if candidate_ids is None else list(candidate_ids)
         if not ids:
             raise ValueError("ContextPopulation.to_gepa_state: no candidates")
         first = self[ids[0]]
@@ -202,12 +240,12 @@ class ContextPopulation:
         return state, ids
 
     def front_coverage(self) -> dict[int, int]:
-        """For each candidate id, on how many problems it is (co-)best after dominated candidates are removed."""
+        """For each member id, on how many problems it is (co-)best after dominated candidates are removed."""
         if not self.problem_keys():
-            return dict.fromkeys(self._candidates, 0)
+            return dict.fromkeys(self.member_ids, 0)
         state, ids = self.to_gepa_state()
         keep = set(find_dominator_programs(state.get_pareto_front_mapping(), state.per_program_tracked_scores))
-        coverage = dict.fromkeys(self._candidates, 0)
+        coverage = dict.fromkeys(self.member_ids, 0)
         for front in state.get_pareto_front_mapping().values():
             for idx in front & keep:
                 coverage[ids[idx]] += 1
@@ -220,7 +258,7 @@ class ContextPopulation:
         ``remove_dominated_programs``, visiting low means first). Empty when nothing has been scored.
         """
         coverage = self.front_coverage()
-        return [cid for cid in self._candidates if coverage[cid] > 0]
+        return [cid for cid in self.member_ids if coverage[cid] > 0]
 
     def _rank(self) -> list[int]:
         """Ids from most to least worth keeping: front members by (coverage, mean), then the rest by mean.
@@ -234,39 +272,40 @@ class ContextPopulation:
             on_front = coverage[cid] > 0
             return (0 if on_front else 1, -coverage[cid] if on_front else 0, -cand.mean_score, cid)
 
-        return sorted(self._candidates, key=key)
+        return sorted(self.member_ids, key=key)
 
     def prune(self, max_size: int | None = None) -> list[int]:
-        """Keep at most ``max_size`` (default ``self.max_size``) candidates: the Pareto front first (most problems
-        won, then best mean), then the best means. Returns the removed ids."""
+        """Keep at most ``max_size`` (default ``self.max_size``) members: the Pareto front first (most problems
+        won, then best mean), then the best means; trials stay. Returns the removed ids."""
         limit = self.max_size if max_size is None else max_size
         if limit < 1:
             raise ValueError(f"ContextPopulation.prune: max_size must be >= 1, got {limit}")
-        keep = set(self._rank()[:limit])
+        keep = set(self._rank()[:limit]) | set(self.trial_ids)
         removed = [cid for cid in self._candidates if cid not in keep]
         self._candidates = {cid: c for cid, c in self._candidates.items() if cid in keep}
         return removed
 
     def best(self) -> Candidate:
-        """The candidate with the best mean score (ties: more problems won, then older); the oldest if unscored."""
+        """The member with the best mean score (ties: more problems won, then older); the oldest if unscored."""
         coverage = self.front_coverage()
-        return self._candidates[min(self._candidates, key=lambda cid: (-self._candidates[cid].mean_score,
+        return self._candidates[min(self.member_ids, key=lambda cid: (-self._candidates[cid].mean_score,
                                                                          -coverage[cid], cid))]
 
     # ------------------------------------------------------------------ sampling
     def select_parent(self, rng: random.Random) -> int:
         """A parent id drawn by gepa's ``ParetoCandidateSelector``: P(k) = problems k is best on / total.
 
-        Before any scoring there is no front, so the draw is uniform over the population.
+        Before any scoring there is no front, so the draw is uniform over the members.
         """
         if not self.problem_keys():
-            return rng.choice(self.ids)
+            return rng.choice(self.member_ids)
         state, ids = self.to_gepa_state()
         return ids[ParetoCandidateSelector(rng).select_candidate_idx(state)]
 
     def assign_group(self, group_size: int, rng: random.Random) -> list[int]:
         """Context ids for the ``group_size`` rollouts of one problem: ``group_size // K`` each for the K current
-        candidates, the remainder given to distinct candidates drawn by ``rng``. Ordered by candidate age."""
+        candidates (trials included), the remainder given to distinct candidates drawn by ``rng``. Ordered by
+        candidate age."""
         if group_size < 1:
             raise ValueError(f"ContextPopulation.assign_group: group_size must be >= 1, got {group_size}")
         ids = self.ids
@@ -288,8 +327,8 @@ class ContextPopulation:
             raise ValueError(f"ContextPopulation.load_state_dict: unsupported state version {version!r} "
                              f"(expected {STATE_VERSION})")
         candidates = [Candidate.from_dict(c) for c in state["candidates"]]
-        if not candidates:
-            raise ValueError("ContextPopulation.load_state_dict: the state holds no candidates")
+        if not any(not c.trial for c in candidates):
+            raise ValueError("ContextPopulation.load_state_dict: the state holds no candidates (or only trials)")
         next_id = int(state["next_id"])
         if any(c.id >= next_id for c in candidates):
             raise ValueError("ContextPopulation.load_state_dict: a candidate id is >= next_id; the state is corrupt")
@@ -309,4 +348,6 @@ class ContextPopulation:
     def __repr__(self) -> str:
         means = ", ".join(f"{cid}: {m:.3f}" if math.isfinite(m) else f"{cid}: -" for cid, m in
                           self.mean_scores().items())
-        return f"ContextPopulation(size={len(self)}, max_size={self.max_size}, round={self.round}, means={{{means}}})"
+        trials = f", trials={self.trial_ids}" if self.trial_ids else ""
+        return (f"ContextPopulation(size={len(self)}, max_size={self.max_size}, round={self.round}, "
+                f"means={{{means}}}{trials})")

@@ -12,6 +12,11 @@ multi-turn task an update generates once per turn and the learner reads every tu
     python benchmarks/step_breakdown.py --backend hf         # the transformers reference generation path
     python benchmarks/step_breakdown.py --multi-env fst/Bargain-v0
     python benchmarks/step_breakdown.py --preset cpu --multi-env ''   # the main job's sizes and task (fst train)
+    python benchmarks/step_breakdown.py --fast-trials round,collect   # FST both ways of trying a child
+
+``--fast-trials`` (FSTConfig.fast_trials, default ``round``): ``round`` tries each proposed child on fresh
+minibatch rollouts inside the fast round; ``collect`` makes it a trial context the next collects sample, so the
+round generates nothing. Several values give one FST column each, beside the same RL-only run.
 
 ``--backend`` defaults to FSTConfig's (``fast``). The importance ratio learner / sampler of every slow step is
 summarised (``slow/ratio_*``, ``slow/logprob_diff_mean``): with a bf16 sampler and an fp32 learner it shows how far
@@ -71,14 +76,17 @@ def _timed(owner: Any, name: str) -> list[float]:
 
 def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, policy: Policy | None = None,
             warmup: int = 0) -> tuple[dict[str, float], list[dict]]:
-    """Seconds per update by phase for ``mode`` ("rl" or "fst") on ``env_id``, and the metrics of every timed update.
+    """Seconds per update by phase for ``mode`` ("rl", or "fst:TRIALS" with TRIALS an FSTConfig.fast_trials value)
+    on ``env_id``, and the metrics of every timed update.
 
     ``policy`` defaults to :func:`make_policy`. The first ``warmup`` updates run untimed (CUDA loads its kernels
     and libraries on first use).
     """
     policy = policy if policy is not None else make_policy(args)
     optional = {name: getattr(args, name, None) for name in ("backend", "proposals_per_round", "temperature", "lr")}
-    config = FSTConfig(fast=mode == "fst", group_size=args.group_size, groups_per_step=args.groups_per_step,
+    fast, _, trials = mode.partition(":")
+    config = FSTConfig(fast=fast == "fst", fast_trials=trials or FSTConfig().fast_trials,
+                       group_size=args.group_size, groups_per_step=args.groups_per_step,
                        fast_every=args.fast_every, fast_learner="notes", max_new_tokens=args.max_new_tokens,
                        fast_problems=args.fast_problems,
                        fast_budget=getattr(args, "fast_budget", None) or 4 * args.fast_problems * 4,
@@ -165,6 +173,12 @@ def measure(mode: str, args: argparse.Namespace, env_id: str, env_kwargs: dict, 
     return per_step, history
 
 
+def _label(mode: str) -> str:
+    """A column label: RL, FST (children tried in the round) or FST-COLLECT (tried in the collects)."""
+    fast, _, trials = mode.partition(":")
+    return fast.upper() + ("" if trials in ("", "round") else "-" + trials.upper())
+
+
 def _env_arg(text: str) -> tuple[str, dict[str, Any]]:
     """``ID`` or ``ID:key=value,key=value`` (values as ints where they parse)."""
     env_id, _, rest = text.partition(":")
@@ -196,6 +210,8 @@ def main() -> None:
     parser.add_argument("--fast-budget", type=int, default=None, help="rollouts a fast round may generate "
                         "(default 16 x --fast-problems)")
     parser.add_argument("--proposals-per-round", type=int, default=None, help="default: FSTConfig's")
+    parser.add_argument("--fast-trials", default=FSTConfig().fast_trials, help="how FST tries a child: round, "
+                        "collect, or both comma-separated (one FST column each)")
     parser.add_argument("--temperature", type=float, default=None, help="default: FSTConfig's")
     parser.add_argument("--lr", type=float, default=None, help="default: FSTConfig's")
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="the sizes of `fst train` with this "
@@ -215,22 +231,24 @@ def main() -> None:
         args.fast_every, args.fast_problems, args.max_context_tokens = 2, 2, 6000
     print("before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
     envs = [_env_arg(args.env)] + ([_env_arg(args.multi_env)] if args.multi_env else [])
+    modes = ("rl", *(f"fst:{t}" for t in args.fast_trials.split(",")))
     results = {(env_id, mode): measure(mode, args, env_id, kwargs, warmup=args.warmup)[0]
-               for env_id, kwargs in envs for mode in ("rl", "fst")}
+               for env_id, kwargs in envs for mode in modes}
     batch = args.group_size * args.groups_per_step
     print(f"seconds per update ({args.model} on {args.device or 'default device'}, batch {batch} episodes = "
           f"{args.groups_per_step} problems x G={args.group_size}, {args.max_new_tokens} new tokens per turn, "
           f"{args.updates} updates, fast round every {args.fast_every})")
-    columns = [(env_id, mode) for env_id, _ in envs for mode in ("rl", "fst")]
-    print(f"{'phase':22}" + "".join(f" {env_id.split('/')[-1][:14] + ' ' + mode.upper():>22}"
+    columns = [(env_id, mode) for env_id, _ in envs for mode in modes]
+    print(f"{'phase':22}" + "".join(f" {env_id.split('/')[-1][:12] + ' ' + _label(mode):>22}"
                                     for env_id, mode in columns))
     for key in (*PHASES, "fast_round", *FAST_PARTS, "turns_per_episode", "ratio_mean", "ratio_min", "ratio_max",
                 "logprob_diff_mean", "merge_s"):
         print(f"{key:22}" + "".join(f" {results[c][key]:22.4f}" for c in columns))
     for env_id, _ in envs:
-        rl, fst = results[(env_id, "rl")], results[(env_id, "fst")]
-        print(f"{env_id}: FST / RL time per update {fst['total'] / rl['total']:.2f}x, "
-              f"{rl['turns_per_episode']:.2f} turns per episode")
+        rl = results[(env_id, "rl")]
+        for mode in modes[1:]:
+            print(f"{env_id}: {_label(mode)} / RL time per update {results[(env_id, mode)]['total'] / rl['total']:.2f}x"
+                  f" (fast_trials={mode.partition(':')[2]}), {rl['turns_per_episode']:.2f} turns per episode")
     if len(envs) == 2:
         single, multi = (results[(envs[i][0], "rl")]["total"] for i in (0, 1))
         print(f"multi-turn / single-turn RL update time: {multi / single:.2f}x")

@@ -274,3 +274,29 @@ def test_fst_and_rl_only_are_identical_until_the_first_fast_round(env_id):
     lora_rl, _ = adapter_and_base(rl)
     assert all(torch.equal(lora_fst[k], lora_rl[k]) for k in lora_fst)
     assert fst.counters["fast_rounds"] == 1 and rl.counters["fast_rounds"] == 0
+
+
+def test_collect_trials_are_sampled_by_the_next_collect_and_judged_without_generating(tmp_path):
+    # fast_trials="collect": the fast round proposes a trial context and generates nothing; the next collect
+    # samples the trial beside its parent (G/K each), and the round after judges it on those paired episodes.
+    from fst_env.loop import update
+
+    with pytest.raises(ValueError, match="fast_trials"):
+        small_config(fast_trials="lazy").validate()
+    agent = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast_trials="collect", fast_every=1, max_new_tokens=6))
+    _, first = update(agent, [1, 9], 1)
+    assert first["metric_calls"] == 0 and first["n_proposals"] == 1 and first["n_trials_judged"] == 0
+    trial = agent.population.trial_ids[0]
+    assert agent.population.member_ids == [0] and agent.population.best().id == 0
+    agent.save(tmp_path / "ckpt")
+    resumed = FSTAgent(tiny_policy(0), ENV_ID, small_config(fast_trials="collect", fast_every=1, max_new_tokens=6))
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.population.trial_ids == [trial]
+    _, second = update(agent, [2, 10], 2)
+    latest = list(agent.recent)[-8:]  # the second collect's episodes
+    by_context = {cid: sum(e.context_id == cid for e in latest) for cid in (0, trial)}
+    assert by_context == {0: 4, trial: 4}  # G=4 per problem split 2/2, two problems
+    assert second["metric_calls"] == 0 and second["n_trials_judged"] == 1
+    record = second["proposals"][0]
+    assert record["trial_id"] == trial and record["pairs"] == 4 and isinstance(record["accepted"], bool)
+    assert (trial in agent.population.member_ids) == record["accepted"]
