@@ -349,7 +349,10 @@ class GepaFastLearner:
             if not isinstance(rollout, Rollout):
                 raise TypeError(f"fast learner: recent_rollouts must hold Rollout objects, got "
                                 f"{type(rollout).__name__}")
-            version = (rollout.info or {}).get("weights_version")
+            if "weights_version" not in (rollout.info or {}):
+                raise ValueError("fast learner: trials='collect' pairs samples under the same weights, so every "
+                                 "recent rollout needs info['weights_version'] (FSTAgent sets it)")
+            version = rollout.info["weights_version"]
             samples.setdefault((rollout.context_id, rollout.group, version), []).append(float(rollout.reward))
 
         records = [self._judge_trial(population, cid, samples) for cid in population.trial_ids]

@@ -234,6 +234,9 @@ class FSTGRPOTrainer(EpisodeRollouts, GRPOTrainer):
         self.fast_problems = fast_problems
         self.fast_learner: FastLearner | None = fast_learner if fast_learner is not None else (
             NotesFastLearner(seed=args.seed) if fast_every > 0 else None)
+        if getattr(self.fast_learner, "trials", "round") != "round":
+            raise ValueError("FSTGRPOTrainer: its fast rounds try children on their own rollouts (trials='round'); "
+                             "trials in the collects need FSTAgent, which tags each episode with its weights")
         self.fast_generate = fast_generate
         if feedback_buffer is None:
             # Enough for every rollout since the last fast round, with room for rounds several steps apart.

@@ -166,3 +166,11 @@ def test_population_trials_round_trip_and_guard_their_operations() -> None:
     state["candidates"] = [c for c in state["candidates"] if c["trial"]]
     with pytest.raises(ValueError, match="only trials"):
         ContextPopulation.from_state_dict(state)
+
+
+def test_collect_mode_refuses_rollouts_without_a_weights_version() -> None:
+    pop, _, fast = with_trial()
+    untagged = collected(0, SEED, {KEYS[0]: [0.0]}, 0)
+    untagged[0].info.clear()
+    with pytest.raises(ValueError, match="weights_version"):
+        fast.round(pop, no_generation, untagged, KEYS)

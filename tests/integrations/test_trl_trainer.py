@@ -27,7 +27,7 @@ from _trl_helpers import (
 )
 from peft import LoraConfig
 
-from fst_env.agents.fast import ReflectiveFastLearner, ScoreAcceptance
+from fst_env.agents.fast import NotesFastLearner, ReflectiveFastLearner, ScoreAcceptance
 from fst_env.agents.population import ContextPopulation
 from fst_env.agents.rollout import Rollout
 from fst_env.core import VERDICTS
@@ -58,6 +58,8 @@ def test_trainer_refuses_cispo_without_cap_other_losses_and_server_mixing(tmp_pa
     for overrides, message in cases:
         with pytest.raises(ValueError, match=message):
             _trainer(tmp_path, args=_config(tmp_path, **overrides))
+    with pytest.raises(ValueError, match="trials='round'"):
+        _trainer(tmp_path, fast_learner=NotesFastLearner(trials="collect"), fast_every=1)
 
 
 # ============================================================================================== a short run
