@@ -300,18 +300,28 @@ class _Decoder:
         self.values = [v.index_select(0, index) for v in self.values]
         self.valid = self.valid.index_select(0, index)
 
-    def _project(self, layer: _Layer, x: torch.Tensor, positions: torch.Tensor
+    def _project(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``[B, heads, T, hd]`` of ``x`` [B, T, H], rotary already applied.
+
+        ``cos``/``sin`` are the rotary tables at the tokens' positions, ``[B, T, 1, hd]`` (looked up once per
+        forward, not per layer). Queries and keys sit side by side in the fused projection, so one rotation
+        covers both.
+        """
         w = self.w
         batch, length, _ = x.shape
         qkv = w.linear(_rms_norm(x, layer.attn_norm, w.eps), layer.wqkv, layer.bqkv)
         q_size, kv_size = w.num_heads * w.head_dim, w.num_kv_heads * w.head_dim
-        q = qkv[..., :q_size].view(batch, length, w.num_heads, w.head_dim).transpose(1, 2)
-        k = qkv[..., q_size:q_size + kv_size].view(batch, length, w.num_kv_heads, w.head_dim).transpose(1, 2)
+        qk = _rotate(qkv[..., :q_size + kv_size].view(batch, length, w.num_heads + w.num_kv_heads, w.head_dim),
+                     cos, sin)
+        q = qk[:, :, :w.num_heads].transpose(1, 2)
+        k = qk[:, :, w.num_heads:].transpose(1, 2)
         v = qkv[..., q_size + kv_size:].view(batch, length, w.num_kv_heads, w.head_dim).transpose(1, 2)
-        cos = w.cos[positions][:, None]  # [B, 1, T, hd]
-        sin = w.sin[positions][:, None]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        return q, k, v
+
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary tables at ``positions`` [B, T], shaped ``[B, T, 1, hd]`` to broadcast over heads."""
+        return self.w.cos[positions][:, :, None], self.w.sin[positions][:, :, None]
 
     def _finish_layer(self, layer: _Layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         w = self.w
@@ -338,8 +348,9 @@ class _Decoder:
         mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
         mask = mask[:, None]  # [B, 1, W, W]
         x = F.embedding(input_ids, w.embed)
+        cos, sin = self._rotary(positions)
         for index, layer in enumerate(w.layers):
-            q, k, v = self._project(layer, x, positions)
+            q, k, v = self._project(layer, x, cos, sin)
             self.keys[index][:, :, :width] = k
             self.values[index][:, :, :width] = v
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
@@ -356,11 +367,13 @@ class _Decoder:
         # One query per row: fold each kv head's query group into the query axis, so attention is two plain
         # batched matmuls on the cache with no key/value repetition.
         group = w.num_heads // w.num_kv_heads
-        mask = self.valid[:, None, None, :span]  # [B, 1, 1, S]
+        # An additive mask built once per step (SDPA turns a boolean one into this in every layer's call).
+        mask = torch.zeros(self.valid.shape[0], span, dtype=w.dtype, device=tokens.device)
+        mask = mask.masked_fill_(~self.valid[:, :span], float("-inf"))[:, None, None]  # [B, 1, 1, S]
         x = F.embedding(tokens[:, None], w.embed)
-        pos = positions[:, None]
+        cos, sin = self._rotary(positions[:, None])
         for index, layer in enumerate(w.layers):
-            q, k, v = self._project(layer, x, pos)
+            q, k, v = self._project(layer, x, cos, sin)
             self.keys[index][:, :, slot] = k[:, :, 0]
             self.values[index][:, :, slot] = v[:, :, 0]
             q = q.reshape(batch, w.num_kv_heads, group, w.head_dim)
