@@ -86,7 +86,8 @@ class FSTConfig:
     proposals_per_round: int = 2
     # How a proposed child is tried: "round" (on fresh minibatch rollouts inside the fast round, GEPA's way) or
     # "collect" (as a trial context the next T collects sample beside its parent, judged at the next round on
-    # those paired samples: fast rounds generate nothing, trial contexts take part of the RL batch).
+    # those paired samples: fast rounds generate nothing, so fast_budget does not apply, and trial contexts take
+    # part of the RL batch).
     fast_trials: str = "round"
     minibatch_size: int = 3
     max_new_tokens: int = 192
