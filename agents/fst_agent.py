@@ -357,13 +357,12 @@ class FSTAgent:
         keys = self.recent.problem_keys(c.fast_problems)
         episodes = list(self.recent)
         recent = [e.as_rollout(c.return_rule) for e in episodes]
-        for episode, rollout in zip(episodes, recent, strict=True):  # trials are judged within one version
+        for episode, rollout in zip(episodes, recent, strict=True):  # evidence and trial pairs share weights
             rollout.info["weights_version"] = episode.info.get("weights_version")
         # Only episodes sampled under the current weights may stand in for the round's own rollouts: after a slow
         # step none are, so the parent is judged on fresh samples like its child (older ones would favour any
         # child of a policy that has improved since).
-        evidence = [r for e, r in zip(episodes, recent, strict=True)
-                    if e.info.get("weights_version") == self.weights_version]
+        evidence = [r for r in recent if r.info["weights_version"] == self.weights_version]
         round_metrics = self.fast.round(self.population, self._evaluate, recent, keys, evidence=evidence)
         self.counters.count_fast_round(round_metrics)
         self.counters["wall_time_s"] += time.perf_counter() - start

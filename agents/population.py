@@ -131,7 +131,7 @@ class ContextPopulation:
     @property
     def member_ids(self) -> list[int]:
         """Ids of the judged candidates (every one but the trials), oldest first."""
-        return [cid for cid, c in self._candidates.items() if not c.trial]
+        return [c.id for c in self._members()]
 
     @property
     def trial_ids(self) -> list[int]:
