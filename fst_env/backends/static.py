@@ -383,33 +383,58 @@ class _Decoder:
         return self._logits(x)[:, 0]
 
 
-def sample_tokens(scaled: torch.Tensor, normaliser: torch.Tensor, params: SamplingParams,
-                  generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
-    """One token per row from ``softmax(scaled)`` after top-k / top-p truncation (as in HFBackend), by inverse CDF.
+#: Vocabulary entries per block of :func:`sample_tokens`' two-level inverse-CDF draw.
+SAMPLING_BLOCK = 256
 
-    ``normaliser`` is ``logsumexp(scaled, -1, keepdim=True)``. One uniform draw per row replaces the vocabulary-
-    sized exponential draw of ``torch.multinomial`` (~1 ms per row for a 49k vocabulary on CPU). A list of
-    generators draws each row's uniform from its own generator (per-row seeds).
+
+def sample_tokens(scaled: torch.Tensor, params: SamplingParams,
+                  generator: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from ``softmax(scaled)`` after top-k / top-p truncation (as in HFBackend), and its
+    log-prob under the untruncated ``log_softmax(scaled)``.
+
+    One uniform draw per row, inverted through the cumulative mass in two levels: first over blocks of
+    :data:`SAMPLING_BLOCK` tokens, then inside the chosen block. A vocabulary-wide cumulative sum per row (and
+    ``torch.multinomial``'s vocabulary-sized exponential draw) cost ~7 ms per step at 32 rows of a 49k vocabulary
+    on CPU; this costs ~0.75 ms. A list of generators draws each row's uniform from its own generator (per-row
+    seeds). A token of zero probability is never drawn.
     """
-    probs = torch.exp(scaled - normaliser)
-    if params.top_k and params.top_k < scaled.shape[-1]:
+    batch, vocab = scaled.shape
+    top = scaled.amax(-1, keepdim=True)
+    weights = (scaled - top).exp_()  # unnormalised probabilities; the largest is 1
+    truncated = bool(params.top_k and params.top_k < vocab) or params.top_p < 1.0
+    normaliser = top + weights.sum(-1, keepdim=True).log() if truncated else None  # logsumexp(scaled)
+    if params.top_k and params.top_k < vocab:
         kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
-        probs = probs.masked_fill(scaled < kth, 0.0)
+        weights.masked_fill_(scaled < kth, 0.0)
     if params.top_p < 1.0:
-        sorted_probs, sorted_index = torch.sort(probs, dim=-1, descending=True)
-        sorted_probs = sorted_probs / sorted_probs.sum(-1, keepdim=True)
+        sorted_weights, sorted_index = torch.sort(weights, dim=-1, descending=True)
+        sorted_probs = sorted_weights / sorted_weights.sum(-1, keepdim=True)
         # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
         drop = (sorted_probs.cumsum(-1) - sorted_probs) > params.top_p
-        probs = probs.scatter(-1, sorted_index, sorted_probs.masked_fill(drop, 0.0))
-    # float32 is enough: the cumulative sum's rounding (~1e-6 of the mass) is far below any sampling noise.
-    cdf = probs.cumsum(-1)
+        weights = weights.scatter(-1, sorted_index, sorted_weights.masked_fill(drop, 0.0))
+    pad = -vocab % SAMPLING_BLOCK
+    blocks = (F.pad(weights, (0, pad)) if pad else weights).view(batch, -1, SAMPLING_BLOCK)
+    block_mass = blocks.sum(-1)
+    block_cdf = block_mass.cumsum(-1)
+    total = block_cdf[:, -1:]
+    if normaliser is None:
+        normaliser = top + total.log()
     if isinstance(generator, list):
-        draw = torch.cat([torch.rand((1, 1), generator=g, device=scaled.device, dtype=cdf.dtype) for g in generator])
+        uniform = torch.cat([torch.rand((1, 1), generator=g, device=scaled.device, dtype=total.dtype)
+                             for g in generator])
     else:
-        draw = torch.rand((scaled.shape[0], 1), generator=generator, device=scaled.device, dtype=cdf.dtype)
-    # right=True: the first index whose cumulative mass exceeds the draw, never a zero-probability token.
-    index = torch.searchsorted(cdf, draw * cdf[:, -1:], right=True)
-    return index.clamp(max=scaled.shape[-1] - 1).squeeze(-1)
+        uniform = torch.rand((batch, 1), generator=generator, device=scaled.device, dtype=total.dtype)
+    # Kept strictly below the total mass, so the first block whose cumulative mass exceeds the draw has mass > 0
+    # (u * total can round up to total when u is within 2**-24 of 1).
+    draw = torch.minimum(uniform * total, total * (1 - 2 ** -20))
+    block = torch.searchsorted(block_cdf, draw, right=True)
+    inside = blocks[torch.arange(batch, device=scaled.device), block[:, 0]].cumsum(-1)  # [B, SAMPLING_BLOCK]
+    # The draw's offset into its block, clamped into [0, the block's mass) against rounding: the first token
+    # whose cumulative mass exceeds it then has positive weight.
+    offset = draw - (block_cdf.gather(-1, block) - block_mass.gather(-1, block))
+    offset = torch.minimum(offset.clamp_(min=0.0), inside[:, -1:] * (1 - 2 ** -20))
+    tokens = (block * SAMPLING_BLOCK + torch.searchsorted(inside, offset, right=True)).squeeze(-1)
+    return tokens, (scaled.gather(-1, tokens[:, None]) - normaliser).squeeze(-1)
 
 
 class StaticCacheBackend:
@@ -546,10 +571,12 @@ class StaticCacheBackend:
 
         for step in range(params.max_new_tokens):
             scaled = logits / temperature if temperature != 1.0 else logits
-            normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
-            draws = generator if isinstance(generator, torch.Generator) else [generator[row] for row in rows]
-            tokens = scaled.argmax(-1) if params.greedy else sample_tokens(scaled, normaliser, params, draws)
-            chosen = (scaled.gather(-1, tokens[:, None]) - normaliser).squeeze(-1)
+            if params.greedy:
+                tokens = scaled.argmax(-1)
+                chosen = (scaled.gather(-1, tokens[:, None]) - torch.logsumexp(scaled, -1, keepdim=True)).squeeze(-1)
+            else:
+                draws = generator if isinstance(generator, torch.Generator) else [generator[row] for row in rows]
+                tokens, chosen = sample_tokens(scaled, params, draws)
             for slot, (token, lp) in enumerate(zip(tokens.tolist(), chosen.tolist(), strict=True)):
                 if not live[slot]:
                     continue

@@ -209,14 +209,45 @@ def test_sample_tokens_draws_the_truncated_distribution() -> None:
     probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
     scaled = probs.clamp(min=1e-30).log().expand(20000, -1).contiguous()
     scaled[:, 1] = float("-inf")
-    normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
     generator = torch.Generator().manual_seed(0)
-    counts = torch.bincount(sample_tokens(scaled, normaliser, SamplingParams(), generator), minlength=5) / 20000
+    tokens, logprobs = sample_tokens(scaled, SamplingParams(), generator)
+    counts = torch.bincount(tokens, minlength=5) / 20000
     assert counts[1] == 0 and torch.allclose(counts, probs, atol=0.015)
-    top_k = sample_tokens(scaled, normaliser, SamplingParams(top_k=2), generator)
+    top_k, top_k_logprobs = sample_tokens(scaled, SamplingParams(top_k=2), generator)
     assert set(top_k.tolist()) == {0, 2} and (top_k == 0).float().mean() == pytest.approx(0.5 / 0.8, abs=0.02)
-    top_p = sample_tokens(scaled, normaliser, SamplingParams(top_p=0.7), generator)  # keeps 0.5 and 0.3
+    top_p, _ = sample_tokens(scaled, SamplingParams(top_p=0.7), generator)  # keeps 0.5 and 0.3
     assert set(top_p.tolist()) == {0, 2}
+    # The log-probs are the untruncated distribution's, with or without truncation.
+    full = torch.log_softmax(scaled, -1)
+    assert torch.allclose(logprobs, full.gather(-1, tokens[:, None])[:, 0], atol=1e-6)
+    assert torch.allclose(top_k_logprobs, full.gather(-1, top_k[:, None])[:, 0], atol=1e-6)
+
+
+def test_sample_tokens_spans_blocks_and_a_ragged_vocabulary() -> None:
+    # 700 tokens: two full blocks and a padded third; the mass sits in all three, around the block edges.
+    vocab = 700
+    probs = torch.zeros(vocab)
+    probs[[0, 255, 256, 511, 512, 699]] = torch.tensor([0.1, 0.2, 0.15, 0.25, 0.1, 0.2])
+    scaled = probs.clamp(min=1e-30).log().where(probs > 0, torch.tensor(float("-inf")))
+    scaled = scaled.expand(30000, -1).contiguous()
+    tokens, logprobs = sample_tokens(scaled, SamplingParams(), torch.Generator().manual_seed(1))
+    counts = torch.bincount(tokens, minlength=vocab) / 30000
+    assert counts[probs == 0].sum() == 0 and torch.allclose(counts, probs, atol=0.012)
+    assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)
+
+
+def test_sample_tokens_never_draws_zero_mass_at_the_top_of_the_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A uniform draw just below 1 with the last block (and the padding) empty after top-k: the draw must land on
+    # the last token with mass, not past it.
+    vocab = 600
+    scaled = torch.linspace(2.0, -2.0, vocab).expand(3, -1).contiguous()  # token 0 most likely, then descending
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape[0], 1 - 2 ** -24, dtype=kw["dtype"]))
+    tokens, _ = sample_tokens(scaled, SamplingParams(top_k=300), torch.Generator())
+    assert tokens.tolist() == [299, 299, 299]
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(shape[0], dtype=kw["dtype"]))
+    scaled[:, :3] = float("-inf")  # a zero draw skips the leading zero-mass tokens
+    tokens, _ = sample_tokens(scaled, SamplingParams(), torch.Generator())
+    assert tokens.tolist() == [3, 3, 3]
 
 
 def _rollouts(backend: GenerationBackend, params: SamplingParams) -> list[Rollout]:
