@@ -393,10 +393,10 @@ def sample_tokens(scaled: torch.Tensor, params: SamplingParams,
     log-prob under the untruncated ``log_softmax(scaled)``.
 
     One uniform draw per row, inverted through the cumulative mass in two levels: first over blocks of
-    :data:`SAMPLING_BLOCK` tokens, then inside the chosen block. A vocabulary-wide cumulative sum per row (and
-    ``torch.multinomial``'s vocabulary-sized exponential draw) cost ~7 ms per step at 32 rows of a 49k vocabulary
-    on CPU; this costs ~0.75 ms. A list of generators draws each row's uniform from its own generator (per-row
-    seeds). A token of zero probability is never drawn.
+    :data:`SAMPLING_BLOCK` tokens, then inside the chosen block. A vocabulary-wide ``logsumexp`` and cumulative
+    sum per row cost ~7 ms per step at 32 rows of a 49k vocabulary on CPU (``torch.multinomial``'s vocabulary-sized
+    exponential draw, more); this costs ~0.75 ms. A list of generators draws each row's uniform from its own
+    generator (per-row seeds). A token of zero probability is never drawn.
     """
     batch, vocab = scaled.shape
     top = scaled.amax(-1, keepdim=True)
