@@ -424,8 +424,8 @@ def sample_tokens(scaled: torch.Tensor, params: SamplingParams,
                              for g in generator])
     else:
         uniform = torch.rand((batch, 1), generator=generator, device=scaled.device, dtype=total.dtype)
-    # Kept strictly below the total mass, so the first block whose cumulative mass exceeds the draw has mass > 0
-    # (u * total can round up to total when u is within 2**-24 of 1).
+    # Kept strictly below the total mass (a guard: with u < 1 and IEEE rounding u * total already is), so the first
+    # block whose cumulative mass exceeds the draw exists and has mass > 0.
     draw = torch.minimum(uniform * total, total * (1 - 2 ** -20))
     block = torch.searchsorted(block_cdf, draw, right=True)
     inside = blocks[torch.arange(batch, device=scaled.device), block[:, 0]].cumsum(-1)  # [B, SAMPLING_BLOCK]
