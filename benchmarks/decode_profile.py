@@ -79,27 +79,23 @@ def main() -> None:
     print(f"before: {uptime()}", flush=True)
 
     def decode_pass(step_times: list[float] | None = None, profiler: Any = None) -> torch.Tensor:
+        """Prefill, then ``args.steps`` greedy decode steps (only these timed and profiled); the last logits."""
         decoder = _Decoder(weights, args.batch, width + args.steps, device)
         with torch.inference_mode():
             logits = decoder.prefill(input_ids, attention, positions)
             sync()
             next_position = attention.sum(-1)
             with profiler if profiler is not None else contextlib.nullcontext():
-                logits, next_position = _steps(decoder, logits, next_position, step_times)
+                for step in range(args.steps):
+                    tokens = logits.argmax(-1)
+                    sync()
+                    start = time.perf_counter()
+                    logits = decoder.decode(tokens, next_position, width + step)
+                    sync()
+                    if step_times is not None:
+                        step_times.append(time.perf_counter() - start)
+                    next_position = next_position + 1
         return logits
-
-    def _steps(decoder: Any, logits: torch.Tensor, next_position: torch.Tensor,
-               step_times: list[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        for step in range(args.steps):
-            tokens = logits.argmax(-1)
-            sync()
-            start = time.perf_counter()
-            logits = decoder.decode(tokens, next_position, width + step)
-            sync()
-            if step_times is not None:
-                step_times.append(time.perf_counter() - start)
-            next_position = next_position + 1
-        return logits, next_position
 
     step_ms = []
     decode_pass()  # warm-up
