@@ -213,8 +213,19 @@ class SlowLearner:
 
     # ------------------------------------------------------------------------------------------- scoring
     def _batches(self, pieces: Sequence[Piece]) -> list[list[int]]:
-        """Indices of ``pieces`` in micro-batches of similar total length (less padding)."""
-        order = sorted(range(len(pieces)), key=lambda i: len(pieces[i].prompt_ids) + len(pieces[i].completion_ids))
+        """Indices of ``pieces`` in micro-batches: pieces with one prompt side by side (their prompt then runs
+        once, see :func:`~fst_env.agents.tokens.token_logprobs`), prompts ordered by their pieces' longest total
+        length (less padding)."""
+        longest: dict[tuple[int, ...], int] = {}
+        for piece in pieces:
+            key = tuple(piece.prompt_ids)
+            longest[key] = max(longest.get(key, 0), len(piece.prompt_ids) + len(piece.completion_ids))
+
+        def position(i: int) -> tuple[int, tuple[int, ...], int]:
+            key = tuple(pieces[i].prompt_ids)
+            return longest[key], key, len(pieces[i].completion_ids)
+
+        order = sorted(range(len(pieces)), key=position)
         size = self.settings.micro_batch_size
         return [order[i:i + size] for i in range(0, len(order), size)]
 

@@ -3,7 +3,8 @@
 Why a module of its own: the slow learner, the held-out KL measurements (:mod:`fst_env.metrics`), the episode
 tests and the benchmarks all score (prompt, completion) token lists the same way, and none of them needs the
 learner's optimizer or adapter handling. :class:`TokenBatch` packs tokens in the layout the generation backends
-decode in; :func:`token_logprobs` is the learner's differentiable ``log_softmax(logits / temperature)``;
+decode in; :func:`token_logprobs` is the learner's differentiable ``log_softmax(logits / temperature)``, with
+one forward per distinct prompt when rows repeat a prompt (the G samples of a problem);
 :func:`measure_drift` is the one exact KL(current || base) and entropy measurement every KL figure comes from.
 :mod:`fst_env.agents.slow` re-exports every public name here.
 """
@@ -65,20 +66,60 @@ class TokenBatch:
                    mask.to(device))
 
 
+def _completion_logits(model: Any, batch: TokenBatch) -> torch.Tensor:
+    """The logits ``[B, C, V]`` (the model's dtype) that predict each completion position of ``batch``.
+
+    Rows with identical prompts (the G samples of one problem under one context) share one forward of that
+    prompt: the distinct prompts run once with a KV cache, the cache is copied to every row that has them, and
+    the completions run on top of it. The values are those of :func:`_padded_logits` (up to float rounding), and
+    gradients flow through the shared prompt to every row; the prompt's cost is paid once per distinct prompt
+    instead of once per row (``benchmarks/shared_prompts.py``). Without repeated prompts, or for a model whose
+    forward returns no selectable cache, it is the one padded forward.
+    """
+    core = core_model(model)
+    rows, length = batch.targets.shape
+    width = batch.input_ids.shape[1] - length
+    if rows == 1:
+        return _padded_logits(core, batch)
+    prompts = torch.cat((batch.input_ids[:, :width], batch.attention_mask[:, :width]), dim=1)
+    distinct, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+    if len(distinct) == rows:
+        return _padded_logits(core, batch)
+    # One row per distinct prompt: its first occurrence.
+    first = torch.full((len(distinct),), rows, dtype=torch.long, device=inverse.device).scatter_reduce_(
+        0, inverse, torch.arange(rows, device=inverse.device), "amin")
+    head = core(input_ids=batch.input_ids[first, :width], attention_mask=batch.attention_mask[first, :width],
+                position_ids=batch.position_ids[first, :width], use_cache=True, logits_to_keep=1)
+    logits = head.logits[inverse]  # the prompt's last position predicts completion token 0
+    if length == 1:
+        return logits
+    cache = getattr(head, "past_key_values", None)
+    if not hasattr(cache, "batch_select_indices"):
+        return _padded_logits(core, batch)
+    cache.batch_select_indices(inverse)  # indexing: the rows' gradients flow back to their shared prompt
+    tail = core(input_ids=batch.input_ids[:, width:-1], attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, width:-1], past_key_values=cache, use_cache=True).logits
+    return torch.cat((logits, tail), dim=1)
+
+
+def _padded_logits(core: Any, batch: TokenBatch) -> torch.Tensor:
+    """:func:`_completion_logits` as one forward of the causal LM ``core`` over every padded row."""
+    # The last input token predicts nothing we score; only the logits over the completion span are computed.
+    return core(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, :-1], use_cache=False,
+                logits_to_keep=batch.targets.shape[1]).logits
+
+
 def token_logprobs(model: Any, batch: TokenBatch, *, temperature: float = 1.0, with_entropy: bool = False,
                    autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token ``log_softmax(logits / temperature)`` of ``batch.targets`` [B, C] (differentiable), and
     optionally the per-token entropy of that distribution [B, C] (detached). Padding positions hold junk:
     multiply by ``batch.mask``. ``autocast``: run the model's matmuls under bfloat16 autocast (the weights, LoRA
-    included, stay in their own dtype; the log-softmax is float32 either way).
+    included, stay in their own dtype; the log-softmax is float32 either way). Rows with identical prompts share
+    one forward of the prompt (:func:`_completion_logits`).
     """
-    length = batch.targets.shape[1]
-    device_type = batch.input_ids.device.type
-    # The last input token predicts nothing we score; only the logits over the completion span are computed.
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
-                                   logits_to_keep=length).logits
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = _completion_logits(model, batch)
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -156,11 +197,8 @@ def measure_drift(model: Any, pieces: Sequence[Any], *, base: Any, temperature: 
 def _position_logprobs(model: Any, batch: TokenBatch, temperature: float) -> torch.Tensor:
     """``log_softmax(logits / temperature)`` over the vocabulary at every completion position, [B, C, V] float32
     (the forward of :func:`token_logprobs`, keeping the whole distribution), no grad."""
-    length = batch.targets.shape[1]
     with torch.no_grad():
-        logits = core_model(model)(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                                   position_ids=batch.position_ids[:, :-1], use_cache=False,
-                                   logits_to_keep=length).logits.float()
+        logits = _completion_logits(model, batch).float()
         return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
 
 

@@ -342,3 +342,76 @@ def test_token_batch_layout_matches_unpadded_scoring() -> None:
             full = torch.log_softmax(logits, -1)
             expected = [full[len(prompt) - 1 + i, t].item() for i, t in enumerate(completion)]
             assert logprobs[row, :len(completion)].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def _shared_prompt_case() -> tuple[list[list[int]], list[list[int]]]:
+    """Three prompts (two repeated) of different lengths, completions of 1 to 4 tokens."""
+    a, b, c = [5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]
+    return [a, b, a, c, a, b], [[20, 21, 22], [23, 24], [25], [26, 27], [28, 29, 30, 31], [32, 33, 34]]
+
+
+def _forward_rows(model: torch.nn.Module) -> tuple[list[tuple[int, int]], torch.utils.hooks.RemovableHandle]:
+    """Record ``(rows, tokens)`` of every forward of ``model`` (the core causal LM)."""
+    shapes: list[tuple[int, int]] = []
+
+    def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
+        shapes.append(tuple(kwargs["input_ids"].shape))
+
+    return shapes, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_repeated_prompts_run_once_with_the_same_logprobs_and_gradients() -> None:
+    policy = tiny_policy()
+    learner = SlowLearner(policy)
+    model = learner.model
+    core = model.get_base_model()
+    prompts, completions = _shared_prompt_case()
+    batch = TokenBatch.collate(prompts, completions, policy.tokenizer.pad_token_id, "cpu")
+    shapes, handle = _forward_rows(core)
+    try:
+        shared, _ = token_logprobs(model, batch)
+    finally:
+        handle.remove()
+    # The three distinct prompts once (width 5), then all six completions on their copied cache.
+    assert shapes == [(3, 5), (6, 3)]
+    (shared * batch.mask).sum().backward()
+    shared_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert shared_grads
+    model.zero_grad(set_to_none=True)
+    alone_total = torch.zeros(())
+    for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        single = TokenBatch.collate([prompt], [completion], policy.tokenizer.pad_token_id, "cpu")
+        values, _ = token_logprobs(model, single)
+        assert values[0].tolist() == pytest.approx(shared[row, :len(completion)].tolist(), abs=1e-5)
+        alone_total = alone_total + values.sum()
+    alone_total.backward()
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            assert torch.allclose(shared_grads[name], parameter.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_one_token_completions_of_a_repeated_prompt_need_one_forward() -> None:
+    policy = tiny_policy()
+    batch = TokenBatch.collate([[5, 6, 7]] * 3, [[8], [9], [10]], policy.tokenizer.pad_token_id, "cpu")
+    shapes, handle = _forward_rows(policy.model)
+    try:
+        with torch.no_grad():
+            logprobs, _ = token_logprobs(policy.model, batch)
+    finally:
+        handle.remove()
+    assert shapes == [(1, 3)]
+    with torch.no_grad():
+        full = torch.log_softmax(policy.model(torch.tensor([[5, 6, 7]])).logits[0, -1], -1)
+    assert logprobs[:, 0].tolist() == pytest.approx([full[8].item(), full[9].item(), full[10].item()], abs=1e-5)
+
+
+def test_micro_batches_keep_the_pieces_of_one_prompt_together() -> None:
+    policy = tiny_policy()
+    learner = SlowLearner(policy, micro_batch_size=4)
+    prompts, completions = [[5, 6, 7], [8, 9]] * 4, [[10] * n for n in (1, 6, 2, 5, 3, 4, 4, 3)]
+    pieces = [Rollout(group="g", problem="p", context_id=0, context={}, completion="", reward=0.0,
+                      prompt_ids=p, completion_ids=c, old_logprobs=[])
+              for p, c in zip(prompts, completions, strict=True)]
+    batches = learner._batches(pieces)
+    assert sorted(i for batch in batches for i in batch) == list(range(8))
+    assert [{tuple(pieces[i].prompt_ids) for i in batch} for batch in batches] == [{(5, 6, 7)}, {(8, 9)}]
