@@ -337,12 +337,17 @@ class _Decoder:
             return w.linear(hidden, w.lm_head, None).float()
         return F.linear(hidden.to(w.lm_head.dtype), w.lm_head).float()
 
-    def prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Run left-padded prompts ``[B, W]`` into cache slots ``0..W-1``; the last column's logits [B, V] (fp32)."""
+    def prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Run left-padded prompts ``[P, W]`` into cache slots ``0..W-1``; the last column's logits [B, V] (fp32).
+
+        ``rows`` [B]: which prompt each cache row holds (rows repeating a prompt, the G samples of a problem,
+        share its forward; the prompt's keys and values are copied to them). Default: prompt ``b`` in row ``b``.
+        """
         w = self.w
         batch, width = input_ids.shape
         real = attention.bool()
-        self.valid[:, :width] = real
+        self.valid[:, :width] = real if rows is None else real[rows]
         causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()
         # A padding query row would see no key at all (NaN); let it see itself. Real tokens never see padding.
         mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
@@ -351,12 +356,13 @@ class _Decoder:
         cos, sin = self._rotary(positions)
         for index, layer in enumerate(w.layers):
             q, k, v = self._project(layer, x, cos, sin)
-            self.keys[index][:, :, :width] = k
-            self.values[index][:, :, :width] = v
+            self.keys[index][:, :, :width] = k if rows is None else k[rows]
+            self.values[index][:, :, :width] = v if rows is None else v[rows]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
                                                  enable_gqa=w.num_heads != w.num_kv_heads)
             x = self._finish_layer(layer, x, out.transpose(1, 2).reshape(batch, width, -1))
-        return self._logits(x[:, -1:])[:, 0]
+        logits = self._logits(x[:, -1:])[:, 0]
+        return logits if rows is None else logits[rows]
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
         """Feed one token per row (rotary position ``positions`` [B]) into cache slot ``slot``; logits [B, V] fp32."""
@@ -381,6 +387,16 @@ class _Decoder:
                                                  attn_mask=mask, scale=self.scale)
             x = self._finish_layer(layer, x, out.reshape(batch, 1, -1))
         return self._logits(x)[:, 0]
+
+
+def repeated_prompts(prompt_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]] | None:
+    """For a batch that repeats a prompt: the first row of each distinct prompt, and each row's distinct-prompt
+    index (what :meth:`_Decoder.prefill` takes as ``rows``); ``None`` when every prompt is distinct."""
+    slots: dict[tuple[int, ...], int] = {}
+    rows = [slots.setdefault(tuple(ids), len(slots)) for ids in prompt_ids]
+    if len(slots) == len(rows):
+        return None
+    return [rows.index(slot) for slot in range(len(slots))], rows
 
 
 #: Vocabulary entries per block of :func:`sample_tokens`' two-level inverse-CDF draw.
@@ -555,7 +571,12 @@ class StaticCacheBackend:
         batch, width = len(prompt_ids), max(len(ids) for ids in prompt_ids)
         input_ids, attention, positions = left_padded(prompt_ids, tokenizer, device)
         decoder = _Decoder(weights, batch, width + params.max_new_tokens, device)
-        logits = decoder.prefill(input_ids, attention, positions)
+        repeats = repeated_prompts(prompt_ids)
+        if repeats is None:
+            logits = decoder.prefill(input_ids, attention, positions)
+        else:  # repeated prompts (the G samples of one problem) are prefilled once
+            firsts, rows = (torch.tensor(index, device=device) for index in repeats)
+            logits = decoder.prefill(input_ids[firsts], attention[firsts], positions[firsts], rows)
         next_position = attention.sum(-1)
 
         eos_ids = stop_token_ids(self.policy)

@@ -11,7 +11,7 @@ import torch
 from fst_env.agents.rollout import Rollout
 from fst_env.agents.slow import SlowLearner
 from fst_env.backends import GenerationBackend, HFBackend, SamplingParams, StaticCacheBackend, make_backend
-from fst_env.backends.static import sample_tokens, unsupported_reason
+from fst_env.backends.static import _Decoder, sample_tokens, unsupported_reason
 from fst_env.models import (
     THREADS_ENV,
     Policy,
@@ -384,3 +384,28 @@ def test_bf16_autocast_learner_keeps_float32_lora_and_a_ratio_near_one(policy: P
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the float32 LoRA weights moved
     assert 0.9 < metrics["ratio_min"] <= metrics["ratio_mean"] <= metrics["ratio_max"] < 1.1
     assert 0 < metrics["logprob_diff_mean"] < 0.03  # both bf16, but not the same numerics: close, not equal
+
+
+def test_repeated_prompts_are_prefilled_once_and_sample_as_alone(policy: Policy,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _fast(policy)
+    distinct = _prompts(backend)[:3]
+    prompts = [distinct[i] for i in (0, 1, 0, 2, 0, 1)]  # one prompt three times, one twice
+    seeds = [11, 12, 13, 14, 15, 16]
+    prefilled: list[int] = []
+    prefill = _Decoder.prefill
+
+    def spy(self: _Decoder, input_ids: torch.Tensor, *args: object) -> torch.Tensor:
+        prefilled.append(input_ids.shape[0])
+        return prefill(self, input_ids, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_Decoder, "prefill", spy)
+    together = backend.generate(prompts, SamplingParams(max_new_tokens=10, row_seeds=seeds))
+    assert prefilled == [3]  # three distinct prompts, six rows
+    for prompt, seed, generation in zip(prompts, seeds, together, strict=True):
+        alone = backend.generate([prompt], SamplingParams(max_new_tokens=10, row_seeds=[seed]))[0]
+        assert generation.completion_ids == alone.completion_ids
+        assert generation.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+        assert generation.logprobs == pytest.approx(
+            _reference_logprobs(policy, generation.prompt_ids, generation.completion_ids, 1.0), abs=1e-4)
+    assert prefilled[1:] == [1] * len(prompts)
