@@ -90,16 +90,40 @@ def _completion_logits(model: Any, batch: TokenBatch) -> torch.Tensor:
         0, inverse, torch.arange(rows, device=inverse.device), "amin")
     head = core(input_ids=batch.input_ids[first, :width], attention_mask=batch.attention_mask[first, :width],
                 position_ids=batch.position_ids[first, :width], use_cache=True, logits_to_keep=1)
-    logits = head.logits[inverse]  # the prompt's last position predicts completion token 0
+    logits = _SharedRows.apply(head.logits, inverse)  # the prompt's last position predicts completion token 0
     if length == 1:
         return logits
-    cache = getattr(head, "past_key_values", None)
-    if not hasattr(cache, "batch_select_indices"):
+    layers = getattr(getattr(head, "past_key_values", None), "layers", None)
+    if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
         return _padded_logits(core, batch)
-    cache.batch_select_indices(inverse)  # indexing: the rows' gradients flow back to their shared prompt
+    for layer in layers:  # the cache's rows become the batch's rows (what Cache.batch_select_indices does)
+        layer.keys, layer.values = _SharedRows.apply(layer.keys, inverse), _SharedRows.apply(layer.values, inverse)
+    cache = head.past_key_values
     tail = core(input_ids=batch.input_ids[:, width:-1], attention_mask=batch.attention_mask[:, :-1],
                 position_ids=batch.position_ids[:, width:-1], past_key_values=cache, use_cache=True).logits
     return torch.cat((logits, tail), dim=1)
+
+
+class _SharedRows(torch.autograd.Function):
+    """``x[rows]`` along dim 0 whose backward adds each row's gradient to its source in row order.
+
+    Plain indexing's backward is a scatter-add that runs in parallel with atomic float adds on CPU, so the order
+    of the sums, and the last bits of the gradient, changed from run to run (and sampling from the trained weights
+    then diverged); this keeps a seeded run reproducible.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.sources = x.shape[0]
+        ctx.rows = rows.tolist()
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        total = grad.new_zeros((ctx.sources, *grad.shape[1:]))
+        for row, source in enumerate(ctx.rows):  # a micro-batch's rows: a handful of elementwise adds
+            total[source] += grad[row]
+        return total, None
 
 
 def _padded_logits(core: Any, batch: TokenBatch) -> torch.Tensor:
