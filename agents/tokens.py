@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from fst_env.agents.losses import kl_k3
+from fst_env.backends.base import repeated_prompts
 from fst_env.peft_utils import core_model
 
 
@@ -77,17 +78,13 @@ def _completion_logits(model: Any, batch: TokenBatch) -> torch.Tensor:
     forward returns no selectable cache, it is the one padded forward.
     """
     core = core_model(model)
-    rows, length = batch.targets.shape
+    length = batch.targets.shape[1]
     width = batch.input_ids.shape[1] - length
-    if rows == 1:
+    # A prompt is its tokens and its left padding.
+    repeats = repeated_prompts(torch.cat((batch.input_ids[:, :width], batch.attention_mask[:, :width]), 1).tolist())
+    if repeats is None:
         return _padded_logits(core, batch)
-    prompts = torch.cat((batch.input_ids[:, :width], batch.attention_mask[:, :width]), dim=1)
-    distinct, inverse = torch.unique(prompts, dim=0, return_inverse=True)
-    if len(distinct) == rows:
-        return _padded_logits(core, batch)
-    # One row per distinct prompt: its first occurrence.
-    first = torch.full((len(distinct),), rows, dtype=torch.long, device=inverse.device).scatter_reduce_(
-        0, inverse, torch.arange(rows, device=inverse.device), "amin")
+    first, inverse = (torch.tensor(index, device=batch.input_ids.device) for index in repeats)
     head = core(input_ids=batch.input_ids[first, :width], attention_mask=batch.attention_mask[first, :width],
                 position_ids=batch.position_ids[first, :width], use_cache=True, logits_to_keep=1)
     logits = _SharedRows.apply(head.logits, inverse)  # the prompt's last position predicts completion token 0

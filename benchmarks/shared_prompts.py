@@ -4,7 +4,7 @@ samples per problem, each against its padded baseline in the same process.
 In an RL batch every problem's G samples share one prompt. The learner
 (:func:`fst_env.agents.tokens.token_logprobs`) runs each distinct prompt once with a KV cache and the completions on
 top of it, and keeps one prompt's pieces in one micro-batch; the ``fast`` backend prefills each distinct prompt once
-(:func:`fst_env.backends.static.repeated_prompts`). The baselines are the layouts before that change, rebuilt here:
+(:func:`fst_env.backends.base.repeated_prompts`). The baselines are the layouts before that change, rebuilt here:
 one forward over every padded row with pieces ordered by total length, and one prefill row per sample.
 
     python benchmarks/shared_prompts.py              # embedded SmolLM2-135M, the main job's 4 x G=4, 64 tokens
@@ -57,7 +57,7 @@ def baseline(on: bool) -> Iterator[None]:
     if on:
         tokens._completion_logits = padded_logits
         SlowLearner._batches = length_sorted_batches  # type: ignore[method-assign]
-        static.repeated_prompts = lambda prompt_ids: None
+        static.repeated_prompts = lambda prompt_ids: None  # the fast backend's name for it (the learner's stays)
     try:
         yield
     finally:

@@ -13,6 +13,7 @@ temperature), so the importance ratio is exactly 1 on the first step, up to floa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -145,3 +146,14 @@ def cut_at_stop(text: str, stops: tuple[str, ...], include_stop: bool) -> str:
         return text
     index, stop = min(hits)
     return text[:index + len(stop)] if include_stop else text[:index]
+
+
+def repeated_prompts(prompt_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]] | None:
+    """For a batch that repeats a prompt (the G samples of one problem): the first row of each distinct prompt,
+    and each row's distinct-prompt index; ``None`` when every prompt is distinct. The fast backend prefills, and
+    the learner runs, each distinct prompt once."""
+    slots: dict[tuple[int, ...], int] = {}
+    rows = [slots.setdefault(tuple(ids), len(slots)) for ids in prompt_ids]
+    if len(slots) == len(rows):
+        return None
+    return [rows.index(slot) for slot in range(len(slots))], rows

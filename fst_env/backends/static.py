@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fst_env.backends.base import Generation, Message, SamplingParams
+from fst_env.backends.base import Generation, Message, SamplingParams, repeated_prompts
 from fst_env.backends.hf import (
     _stop_hit,
     encode_prompts,
@@ -389,16 +389,6 @@ class _Decoder:
         return self._logits(x)[:, 0]
 
 
-def repeated_prompts(prompt_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]] | None:
-    """For a batch that repeats a prompt: the first row of each distinct prompt, and each row's distinct-prompt
-    index (what :meth:`_Decoder.prefill` takes as ``rows``); ``None`` when every prompt is distinct."""
-    slots: dict[tuple[int, ...], int] = {}
-    rows = [slots.setdefault(tuple(ids), len(slots)) for ids in prompt_ids]
-    if len(slots) == len(rows):
-        return None
-    return [rows.index(slot) for slot in range(len(slots))], rows
-
-
 #: Vocabulary entries per block of :func:`sample_tokens`' two-level inverse-CDF draw.
 SAMPLING_BLOCK = 256
 
@@ -575,8 +565,8 @@ class StaticCacheBackend:
         if repeats is None:
             logits = decoder.prefill(input_ids, attention, positions)
         else:  # repeated prompts (the G samples of one problem) are prefilled once
-            firsts, rows = (torch.tensor(index, device=device) for index in repeats)
-            logits = decoder.prefill(input_ids[firsts], attention[firsts], positions[firsts], rows)
+            firsts, prompt_of_row = (torch.tensor(index, device=device) for index in repeats)
+            logits = decoder.prefill(input_ids[firsts], attention[firsts], positions[firsts], prompt_of_row)
         next_position = attention.sum(-1)
 
         eos_ids = stop_token_ids(self.policy)
